@@ -1,0 +1,184 @@
+"""Logit ERA for GRPO: keep an LLM's response entropy inside a band.
+
+Spec section 3 (Kang et al., 2025). Rollouts are sampled from the unmodified model; ERA
+changes only the log-probabilities (and advantages) used in the policy-gradient loss.
+
+- Response entropy H_resp (no gradient): the per-token entropy of the full-vocabulary,
+  temperature-scaled distribution; H_resp = mean of the largest `top_fraction` of the
+  response's token entropies (at least one token).
+- For every token t of a response with advantage A_t > 0:
+      H_resp < omega_low  ->  z' = k * z,  A' = A / k   (sharpen less: entropy is low)
+      H_resp > omega_high ->  z' = z / k,  A' = k * A
+  and z' = z, A' = A otherwise.
+
+`A_t > 0` is tested on the real-valued advantage: the authors' code casts advantages to
+integers first, which turns the test into A_t >= 1.
+"""
+
+import keras
+from keras import ops
+
+
+def token_entropy(logits, temperature=1.0):
+    """Entropy (nats) of softmax(logits / temperature) over the last axis, in float32."""
+    x = ops.cast(logits, "float32") / temperature
+    log_p = ops.log_softmax(x, axis=-1)
+    return -ops.sum(ops.exp(log_p) * log_p, axis=-1)
+
+
+def response_entropy(token_entropies, mask, top_fraction=0.2):
+    """Mean of the largest `top_fraction` of each row's masked token entropies.
+
+    token_entropies, mask: (batch, time). A row keeps max(1, floor(top_fraction * n))
+    tokens, n its number of unmasked tokens; a row with no tokens gets 0. No gradient.
+    """
+    if not 0.0 < top_fraction <= 1.0:
+        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}.")
+    entropies = ops.stop_gradient(ops.cast(token_entropies, "float32"))
+    mask = ops.cast(mask, "float32")
+    count = ops.sum(mask, axis=-1)
+    keep = ops.maximum(ops.floor(top_fraction * count), 1.0)
+    # Masked tokens sort last: entropies are >= 0, so -1 is below every real one.
+    ranked = -ops.sort(-ops.where(mask > 0, entropies, -1.0), axis=-1)
+    rank = ops.cast(ops.arange(ranked.shape[-1]), "float32")
+    chosen = ops.cast(rank[None, :] < keep[:, None], "float32") * ops.cast(
+        ranked >= 0, "float32"
+    )
+    total = ops.sum(ranked * chosen, axis=-1)
+    return ops.where(count > 0, total / keep, 0.0)
+
+
+def era_scales(response_entropies, advantages, k=2.0, omega_low=0.45, omega_high=3.0):
+    """Per-token (logit_scale, advantage_scale) of logit ERA.
+
+    response_entropies: (batch,); advantages: (batch,) or (batch, time), real-valued.
+    Returns two tensors shaped like the advantages (broadcast to time if given so).
+    """
+    if not k >= 1.0:
+        raise ValueError(f"k must be >= 1, got {k}.")
+    if not omega_low <= omega_high:
+        raise ValueError(
+            f"omega_low ({omega_low}) must not exceed omega_high ({omega_high})."
+        )
+    advantages = ops.cast(advantages, "float32")
+    h = ops.cast(response_entropies, "float32")
+    if len(advantages.shape) == 2:
+        h = h[:, None]
+    positive = advantages > 0
+    low = ops.logical_and(h < omega_low, positive)
+    high = ops.logical_and(h > omega_high, positive)
+    one = ops.ones_like(advantages)
+    logit_scale = ops.where(low, k * one, ops.where(high, one / k, one))
+    return logit_scale, 1.0 / logit_scale
+
+
+def token_log_probs(logits, tokens, logit_scale=None, temperature=1.0, top_k=None):
+    """log pi'(token) under softmax(logit_scale * logits / temperature).
+
+    logits: (batch, time, vocab); tokens: (batch, time) ints; logit_scale: (batch, time)
+    or None. With `top_k`, the distribution is renormalised over the top_k logits (the
+    authors' scripts use 20); a token outside them gets a very low log-prob, not -inf.
+    """
+    x = ops.cast(logits, "float32") / temperature
+    if logit_scale is not None:
+        x = x * ops.cast(logit_scale, "float32")[..., None]
+    if top_k is not None:
+        kth = ops.top_k(x, int(top_k), sorted=True)[0][..., -1:]
+        x = ops.where(x >= kth, x, x - 1e4)
+    log_p = ops.log_softmax(x, axis=-1)
+    picked = ops.take_along_axis(log_p, ops.cast(tokens, "int32")[..., None], axis=-1)
+    return ops.squeeze(picked, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="era_keras")
+class LogitERA(keras.layers.Layer):
+    """Logit ERA for GRPO: ERA log-probs and advantages for a policy-gradient loss.
+
+    Called on `(logits, tokens, advantages, mask)`, with logits (batch, time, vocab) of
+    the policy at the response positions, the sampled tokens and mask (batch, time), and
+    advantages (batch,) or (batch, time). Returns a dict:
+
+    - "log_probs": log pi'(a_t | s_t) with z' = scale * z / temperature, scale = k when
+      H_resp < omega_low, 1/k when H_resp > omega_high (only where A_t > 0), else 1;
+    - "advantages": A' = A / scale (A when `scale_advantages=False`), per token;
+    - "response_entropy": H_resp per response (mean of the top `top_fraction` token
+      entropies, before ERA, no gradient);
+    - "logit_scale": the per-token scale, for logging how often each branch fires.
+
+    Use A' and log pi' in the GRPO objective E_t[ratio(log pi') * A'].
+
+    Example:
+    >>> era = era_keras.LogitERA(k=2.0, omega_low=0.45, omega_high=3.0)
+    >>> out = era((logits, tokens, advantages, mask))
+    >>> ratio = keras.ops.exp(out["log_probs"] - old_log_probs)
+    """
+
+    def __init__(
+        self,
+        k=2.0,
+        omega_low=0.45,
+        omega_high=3.0,
+        top_fraction=0.2,
+        temperature=1.0,
+        top_k=None,
+        scale_advantages=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        era_scales(ops.zeros((1,)), ops.zeros((1,)), k, omega_low, omega_high)
+        if not 0.0 < top_fraction <= 1.0:
+            raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}.")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        self.k = float(k)
+        self.omega_low = float(omega_low)
+        self.omega_high = float(omega_high)
+        self.top_fraction = float(top_fraction)
+        self.temperature = float(temperature)
+        self.top_k = None if top_k is None else int(top_k)
+        self.scale_advantages = bool(scale_advantages)
+
+    def call(self, inputs):
+        logits, tokens, advantages, mask = inputs
+        entropies = token_entropy(logits, self.temperature)
+        h_resp = response_entropy(entropies, mask, self.top_fraction)
+        advantages = ops.cast(advantages, "float32")
+        if len(advantages.shape) == 1:
+            advantages = advantages[:, None] * ops.ones_like(entropies)
+        logit_scale, advantage_scale = era_scales(
+            h_resp, advantages, self.k, self.omega_low, self.omega_high
+        )
+        if self.scale_advantages:
+            advantages = advantages * advantage_scale
+        return {
+            "log_probs": token_log_probs(
+                logits, tokens, logit_scale, self.temperature, self.top_k
+            ),
+            "advantages": advantages,
+            "response_entropy": h_resp,
+            "logit_scale": logit_scale,
+        }
+
+    def compute_output_shape(self, input_shape):
+        logits_shape = tuple(input_shape[0])
+        return {
+            "log_probs": logits_shape[:-1],
+            "advantages": logits_shape[:-1],
+            "response_entropy": logits_shape[:1],
+            "logit_scale": logits_shape[:-1],
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "k": self.k,
+                "omega_low": self.omega_low,
+                "omega_high": self.omega_high,
+                "top_fraction": self.top_fraction,
+                "temperature": self.temperature,
+                "top_k": self.top_k,
+                "scale_advantages": self.scale_advantages,
+            }
+        )
+        return config

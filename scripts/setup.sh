@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up everything on a fresh machine with nothing but Python 3.10+: a virtualenv in
+# .venv with era-keras (editable) and every pipeline's dependencies, pinned by
+# constraints.txt. Re-running is cheap: it reinstalls only when those files change.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+stamp=.venv/.era-setup-$(cat pyproject.toml constraints.txt scripts/setup.sh | sha1sum | cut -c1-12)
+if [ -f "$stamp" ]; then exit 0; fi
+
+.venv/bin/python -m pip install -q --upgrade pip
+# torch is pinned exactly: an unpinned torch pulls a multi-GB CUDA build.
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[all]" "torch==2.13.0"
+# TF-Agents 0.19 (its last release) pins tfp~=0.23, gym<=0.23, typing-extensions==4.5.0 and
+# pygame==2.1.3, none of which can live next to TF 2.21 and Keras 3. It works with the
+# versions above when installed without its metadata; it imports gym at import time, so
+# gym 0.23 comes too (gymnasium is what the environments really use).
+.venv/bin/python -m pip install -q --no-deps tf-agents==0.19.0 gym==0.23.0 gym-notices==0.1.0
+rm -f .venv/.era-setup-*
+touch "$stamp"
