@@ -1,0 +1,89 @@
+"""A SavedModel signature as an MLflow model, for `mlflow models serve` without TF Serving.
+
+The logged model holds the SavedModel as an artifact and a small pyfunc that loads it
+with `tf.saved_model.load` and calls one signature, the way TF Serving does; so serving
+it needs TensorFlow and MLflow but none of era_keras, Keras, keras-hub or TF-Agents. Its
+MLflow signature is the SavedModel's, so MLflow's scoring server checks input names,
+shapes and dtypes before the model sees a request.
+
+    python -m serving.export --run-id <id> --export-base exports --model-name image \\
+        --log-mlflow-model
+    mlflow models serve -m runs:/<id>/servable -h 127.0.0.1 -p 5000 --env-manager local
+"""
+
+import pathlib
+
+import mlflow
+import numpy as np
+
+from serving.saved_model import SERVING_SIGNATURE, signature_specs
+
+MLFLOW_MODEL_NAME = "servable"
+SAVED_MODEL_ARTIFACT = "saved_model"
+
+
+class SavedModelSignature(mlflow.pyfunc.PythonModel):
+    """pyfunc: {input name: array} (or one array) -> the signature's outputs."""
+
+    def __init__(self, signature_name=SERVING_SIGNATURE):
+        self.signature_name = signature_name
+
+    def load_context(self, context):
+        import tensorflow as tf
+
+        self._loaded = tf.saved_model.load(context.artifacts[SAVED_MODEL_ARTIFACT])
+        self._signature = self._loaded.signatures[self.signature_name]
+        self._input_specs = self._signature.structured_input_signature[1]
+
+    def predict(self, context, model_input, params=None):
+        import tensorflow as tf
+
+        if not isinstance(model_input, dict):
+            if len(self._input_specs) != 1:
+                raise ValueError(
+                    f"This model takes named inputs {sorted(self._input_specs)}: send "
+                    '{"inputs": {name: batch, ...}}.'
+                )
+            model_input = {next(iter(self._input_specs)): model_input}
+        feeds = {
+            name: tf.constant(np.asarray(model_input[name]), dtype=spec.dtype)
+            for name, spec in self._input_specs.items()
+        }
+        outputs = {name: value.numpy() for name, value in self._signature(**feeds).items()}
+        return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+
+
+def _schema(specs):
+    from mlflow.types.schema import Schema, TensorSpec
+
+    return Schema(
+        [
+            TensorSpec(dtype, tuple(-1 if size is None else size for size in shape), name)
+            for name, (dtype, shape) in specs.items()
+        ]
+    )
+
+
+def mlflow_signature(saved_model_dir, signature_name=SERVING_SIGNATURE):
+    """The MLflow ModelSignature of a SavedModel signature (unknown sizes become -1)."""
+    from mlflow.models import ModelSignature
+
+    input_specs, output_specs = signature_specs(saved_model_dir, signature_name)
+    return ModelSignature(inputs=_schema(input_specs), outputs=_schema(output_specs))
+
+
+def log_saved_model(saved_model_dir, name=MLFLOW_MODEL_NAME, signature_name=SERVING_SIGNATURE):
+    """Log `saved_model_dir` as a servable MLflow model in the active run; returns ModelInfo.
+
+    Serve it with `mlflow models serve -m <model_info.model_uri> --env-manager local`.
+    """
+    import tensorflow as tf
+
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=SavedModelSignature(signature_name),
+        artifacts={SAVED_MODEL_ARTIFACT: str(saved_model_dir)},
+        signature=mlflow_signature(saved_model_dir, signature_name),
+        code_paths=[str(pathlib.Path(__file__).parent)],
+        pip_requirements=[f"tensorflow=={tf.__version__}", f"mlflow=={mlflow.__version__}"],
+    )
