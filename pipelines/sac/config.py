@@ -1,0 +1,116 @@
+"""The SAC pipeline's settings: one dataclass, defaults from the ERA paper (spec section 1).
+
+`SacConfig()` is the authors' setting (512x2 ELU nets, 1e6 env steps, ...). The CLI starts
+from a preset: `quick` (tiny nets, a few thousand steps, a minute or two on a laptop CPU)
+or `paper` (the dataclass defaults); every field can then be overridden one by one.
+"""
+
+import dataclasses
+
+AGENTS = ("era", "sac")
+SQUASHES = ("tanh", "truncated")
+
+
+@dataclasses.dataclass
+class SacConfig:
+    # Environment
+    env: str = "HalfCheetah-v5"
+    action_repeat: int = 1
+    time_limit: int = 0  # env steps per episode; 0 keeps the environment's own limit
+
+    # Agent
+    agent: str = "era"  # "era": ERA-SAC; "sac": standard SAC with auto-tuned alpha
+    squash: str = "tanh"  # ERA only: "tanh" squashed Gaussian or "truncated" normal
+    target_entropy_per_dim: float = 0.25  # ERA's floor H0 / D (nats); authors: 0.25
+    log_std_min: float = -8.0
+    log_std_max: float = 0.0
+    delta: float = 0.0  # ERA's initial (or constant) entropy compensation, nats
+    auto_delta: bool = True  # tune delta so the executed policy's entropy meets H0
+    delta_lr: float = 3e-4
+    entropy_samples: int = 4  # Monte Carlo samples per state for the tanh policy's entropy
+    sac_target_entropy_per_dim: float = -1.0  # standard SAC's alpha target (-dim(A))
+    initial_log_alpha: float = 0.0
+
+    # Networks and optimisation
+    hidden_sizes: tuple = (512, 512)
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    critic_weight_decay: float = 1e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    batch_size: int = 256
+    updates_per_step: int = 2
+
+    # Data
+    total_env_steps: int = 1_000_000
+    warmup_steps: int = 5_000  # uniformly random actions before learning starts
+    buffer_size: int = 1_000_000
+
+    # Evaluation, logging, checkpoints
+    eval_every: int = 25_000
+    eval_episodes: int = 10
+    log_every: int = 1_000
+    checkpoint_every: int = 10_000
+    seed: int = 0
+    run_dir: str = "runs/sac"
+    export_base: str = ""  # TF Serving base dir; empty: <run_dir>/export
+    model_name: str = "era_sac_policy"
+
+    def __post_init__(self):
+        self.hidden_sizes = tuple(int(size) for size in self.hidden_sizes)
+        check_config(self)
+
+
+QUICK = dict(
+    env="Pendulum-v1",
+    hidden_sizes=(64, 64),
+    batch_size=64,
+    updates_per_step=1,
+    total_env_steps=3_000,
+    warmup_steps=500,
+    buffer_size=10_000,
+    eval_every=1_000,
+    eval_episodes=2,
+    log_every=250,
+    checkpoint_every=1_000,
+)
+PRESETS = {"quick": QUICK, "paper": {}}
+
+
+def from_preset(preset="quick", **overrides):
+    """A SacConfig from a named preset, then `overrides` field by field."""
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; available: {sorted(PRESETS)}.")
+    return SacConfig(**{**PRESETS[preset], **overrides})
+
+
+def check_config(config):
+    """Raise a ValueError that names the field and what is allowed."""
+    if config.agent not in AGENTS:
+        raise ValueError(f"agent={config.agent!r}; allowed: {AGENTS}.")
+    if config.squash not in SQUASHES:
+        raise ValueError(f"squash={config.squash!r}; allowed: {SQUASHES}.")
+    if config.agent == "sac" and config.squash != "tanh":
+        raise ValueError("agent='sac' is TF-Agents' tanh-squashed SAC; squash must be 'tanh'.")
+    positive = (
+        "action_repeat", "batch_size", "updates_per_step", "total_env_steps",
+        "buffer_size", "eval_every", "eval_episodes", "log_every", "checkpoint_every",
+        "entropy_samples",
+    )
+    for name in positive:
+        if int(getattr(config, name)) < 1:
+            raise ValueError(f"{name} must be >= 1 (got {getattr(config, name)}).")
+    for name in ("time_limit", "warmup_steps", "delta", "critic_weight_decay"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be >= 0 (got {getattr(config, name)}).")
+    if not config.hidden_sizes or min(config.hidden_sizes) < 1:
+        raise ValueError(f"hidden_sizes must be positive sizes (got {config.hidden_sizes}).")
+    if not 0.0 < config.tau <= 1.0:
+        raise ValueError(f"tau must be in (0, 1] (got {config.tau}).")
+    if not 0.0 <= config.gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1] (got {config.gamma}).")
+    if config.batch_size > config.buffer_size:
+        raise ValueError(
+            f"batch_size ({config.batch_size}) cannot exceed buffer_size ({config.buffer_size})."
+        )

@@ -1,0 +1,219 @@
+"""Environments as TF-Agents PyEnvironments: gymnasium (MuJoCo and any registered id) and
+the DeepMind Control Suite, with actions in [-1, 1] and flat float32 observations.
+
+`load_environment("HalfCheetah-v5")`, `load_environment("cheetah-run")` (DMC ids are
+`<domain>-<task>`), `load_environment("humanoid_bench:h1hand-run-v0")` (gymnasium's
+`module:id` form imports the module that registers the id). Every environment's actions are
+rescaled to [-1, 1], so entropies and the ERA floor are measured on the same scale for
+every task. Episode ends: gymnasium's `terminated` becomes discount 0, `truncated` (a time
+limit) stays discount 1, so the critic bootstraps through time limits.
+"""
+
+import difflib
+import importlib
+
+import numpy as np
+from tf_agents.environments import py_environment, wrappers
+from tf_agents.specs import array_spec
+from tf_agents.trajectories import time_step as ts
+
+
+class GymnasiumEnvironment(py_environment.PyEnvironment):
+    """A gymnasium environment (the 5-tuple step API) as a TF-Agents PyEnvironment."""
+
+    def __init__(self, env, seed=None):
+        super().__init__(handle_auto_reset=True)
+        import gymnasium
+
+        if not isinstance(env.action_space, gymnasium.spaces.Box):
+            raise ValueError(
+                f"{env.spec.id if env.spec else env} has action space {env.action_space}; "
+                "SAC needs continuous (Box) actions."
+            )
+        if not isinstance(env.observation_space, gymnasium.spaces.Box):
+            env = gymnasium.wrappers.FlattenObservation(env)
+        self._env = env
+        self._seed = seed
+        space = env.action_space
+        self._action_spec = array_spec.BoundedArraySpec(
+            space.shape, np.float32, minimum=space.low, maximum=space.high, name="action"
+        )
+        self._observation_spec = array_spec.ArraySpec(
+            env.observation_space.shape, np.float32, name="observation"
+        )
+
+    def observation_spec(self):
+        return self._observation_spec
+
+    def action_spec(self):
+        return self._action_spec
+
+    def _observation(self, observation):
+        return np.asarray(observation, dtype=np.float32)
+
+    def _reset(self):
+        # Seed only the first reset: later resets continue that random stream.
+        observation, _ = self._env.reset(seed=self._seed)
+        self._seed = None
+        return ts.restart(self._observation(observation))
+
+    def _step(self, action):
+        observation, reward, terminated, truncated, _ = self._env.step(
+            np.asarray(action, dtype=self._env.action_space.dtype)
+        )
+        observation = self._observation(observation)
+        reward = np.float32(reward)
+        if terminated:
+            return ts.termination(observation, reward)
+        if truncated:
+            return ts.truncation(observation, reward, discount=np.float32(1.0))
+        return ts.transition(observation, reward, discount=np.float32(1.0))
+
+    def render(self, mode="rgb_array"):
+        return self._env.render()
+
+    def close(self):
+        self._env.close()
+
+
+class UnitActions(wrappers.PyEnvironmentBaseWrapper):
+    """Takes actions in [-1, 1] and rescales them to the wrapped environment's bounds."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        spec = env.action_spec()
+        self._low = np.broadcast_to(spec.minimum, spec.shape).astype(np.float32)
+        self._high = np.broadcast_to(spec.maximum, spec.shape).astype(np.float32)
+        if not (np.all(np.isfinite(self._low)) and np.all(np.isfinite(self._high))):
+            raise ValueError(f"Actions must be bounded to be rescaled; got spec {spec}.")
+        self._action_spec = array_spec.BoundedArraySpec(
+            spec.shape, np.float32, minimum=-1.0, maximum=1.0, name="action"
+        )
+
+    def action_spec(self):
+        return self._action_spec
+
+    def _step(self, action):
+        action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+        scaled = self._low + (action + 1.0) * 0.5 * (self._high - self._low)
+        return self._env.step(scaled)
+
+
+class FlatFloat32Observations(wrappers.PyEnvironmentBaseWrapper):
+    """Concatenates a dict of observations (DMC's) into one float32 vector."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        specs = env.observation_spec()
+        self._keys = sorted(specs) if isinstance(specs, dict) else None
+        flat = [specs[key] for key in self._keys] if self._keys else [specs]
+        size = int(sum(np.prod(spec.shape, dtype=int) for spec in flat))
+        self._observation_spec = array_spec.ArraySpec((size,), np.float32, "observation")
+
+    def observation_spec(self):
+        return self._observation_spec
+
+    def _flatten(self, time_step):
+        parts = [time_step.observation[k] for k in self._keys] if self._keys else [
+            time_step.observation
+        ]
+        observation = np.concatenate([np.ravel(part) for part in parts]).astype(np.float32)
+        return time_step._replace(
+            observation=observation,
+            reward=np.float32(time_step.reward),
+            discount=np.float32(time_step.discount),
+        )
+
+    def _reset(self):
+        return self._flatten(self._env.reset())
+
+    def _step(self, action):
+        return self._flatten(self._env.step(action))
+
+
+def dm_control_tasks():
+    """DMC ids available here, as `<domain>-<task>`."""
+    from dm_control import suite
+
+    return sorted(f"{domain}-{task}" for domain, task in suite.ALL_TASKS)
+
+
+def gymnasium_ids(module=None):
+    import gymnasium
+
+    if module:
+        importlib.import_module(module)
+    return sorted(gymnasium.registry)
+
+
+def _unknown_env_error(env_id):
+    import gymnasium
+
+    gym_ids = [
+        name for name, spec in sorted(gymnasium.registry.items())
+        if "mujoco" in str(spec.entry_point) or "classic_control" in str(spec.entry_point)
+    ]
+    dmc = dm_control_tasks()
+    close = difflib.get_close_matches(env_id, sorted(gymnasium.registry) + dmc, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ValueError(
+        f"Unknown environment id {env_id!r}.{hint}\n"
+        f"gymnasium (MuJoCo and classic control; any registered id works): "
+        f"{', '.join(gym_ids)}\n"
+        f"DeepMind Control Suite (<domain>-<task>): {', '.join(dmc)}\n"
+        "Ids that a package registers on import load as '<module>:<id>', "
+        "e.g. 'humanoid_bench:h1hand-run-v0' where HumanoidBench is installed."
+    )
+
+
+def _load_gymnasium(env_id, seed):
+    import gymnasium
+
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ValueError(
+                f"Environment {env_id!r} needs the module {module!r}, which cannot be "
+                f"imported here ({error}). Install the package that provides it."
+            ) from error
+    if name not in gymnasium.registry:
+        return None
+    return GymnasiumEnvironment(gymnasium.make(name), seed=seed)
+
+
+def _load_dm_control(env_id, seed):
+    domain, _, task = env_id.partition("-")
+    if f"{domain}-{task}" not in dm_control_tasks():
+        return None
+    from tf_agents.environments import suite_dm_control
+
+    return suite_dm_control.load(domain, task, task_kwargs={"random": seed})
+
+
+def load_environment(env_id, seed=0, action_repeat=1, time_limit=0):
+    """A PyEnvironment for `env_id` with actions in [-1, 1] and flat float32 observations.
+
+    action_repeat: each agent action is applied this many times (rewards summed).
+    time_limit: agent steps per episode (after action repeat); 0 keeps the environment's.
+    Raises a ValueError that lists the available ids when `env_id` is unknown.
+    """
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"env must be a non-empty id string, got {env_id!r}.")
+    if int(action_repeat) < 1 or int(time_limit) < 0:
+        raise ValueError(
+            f"action_repeat must be >= 1 and time_limit >= 0 "
+            f"(got {action_repeat}, {time_limit})."
+        )
+    env = _load_gymnasium(env_id, seed)
+    if env is None and ":" not in env_id:
+        env = _load_dm_control(env_id, seed)
+    if env is None:
+        raise _unknown_env_error(env_id)
+    env = UnitActions(FlatFloat32Observations(env))
+    if action_repeat > 1:
+        env = wrappers.ActionRepeat(env, int(action_repeat))
+    if time_limit:
+        env = wrappers.TimeLimit(env, int(time_limit))
+    return env

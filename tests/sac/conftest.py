@@ -1,0 +1,21 @@
+"""TF-Agents needs Keras 2: select it before anything reads `tf.keras` (STACK.md)."""
+
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import pytest  # noqa: E402
+
+if os.environ["KERAS_BACKEND"] != "tensorflow":
+    collect_ignore_glob = ["test_*.py"]  # TF-Agents runs on the TensorFlow backend only
+
+
+@pytest.fixture(scope="session", autouse=True)
+def legacy_keras_selected():
+    import tensorflow as tf
+
+    assert "tf_keras" in tf.keras.layers.Dense.__module__, (
+        "tf.keras was resolved to Keras 3 before tests/sac/conftest.py set "
+        "TF_USE_LEGACY_KERAS=1; run the SAC tests in their own pytest process."
+    )
