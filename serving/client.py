@@ -149,18 +149,24 @@ def parse_predict_response(payload):
 # ---------------------------------------------------------------- HTTP plumbing
 
 
+def _shorten(text, head=300, tail=600):
+    # MLflow echoes the whole request in its errors; the reason is at the end.
+    text = text.strip()
+    return text if len(text) <= head + tail else f"{text[:head]} [...] {text[-tail:]}"
+
+
 def _server_message(response):
     """The human part of an error response: TF Serving's "error", MLflow's "message",
-    FastAPI's "detail", or the start of the body."""
+    FastAPI's "detail", or the body itself."""
     try:
         body = response.json()
     except ValueError:
-        return response.text[:500].strip()
+        return _shorten(response.text)
     if isinstance(body, dict):
         for key in ("error", "message", "detail"):
             if key in body:
-                return str(body[key])
-    return str(body)[:500]
+                return _shorten(str(body[key]))
+    return _shorten(str(body))
 
 
 class _HttpClient:

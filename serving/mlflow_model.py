@@ -16,7 +16,7 @@ import pathlib
 import mlflow
 import numpy as np
 
-from serving.saved_model import SERVING_SIGNATURE, signature_specs
+from serving.saved_model import SERVING_SIGNATURE, example_inputs, signature_specs
 
 MLFLOW_MODEL_NAME = "servable"
 SAVED_MODEL_ARTIFACT = "saved_model"
@@ -79,11 +79,13 @@ def log_saved_model(saved_model_dir, name=MLFLOW_MODEL_NAME, signature_name=SERV
     """
     import tensorflow as tf
 
+    input_specs, _ = signature_specs(saved_model_dir, signature_name)
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=SavedModelSignature(signature_name),
         artifacts={SAVED_MODEL_ARTIFACT: str(saved_model_dir)},
         signature=mlflow_signature(saved_model_dir, signature_name),
+        input_example=example_inputs(input_specs, batch_size=1),
         code_paths=[str(pathlib.Path(__file__).parent)],
         pip_requirements=[f"tensorflow=={tf.__version__}", f"mlflow=={mlflow.__version__}"],
     )

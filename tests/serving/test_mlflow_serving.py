@@ -1,0 +1,99 @@
+"""The clients against a live `mlflow models serve` of a logged SavedModel (loopback)."""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+
+from serving.client import (
+    BadRequestError,
+    MlflowServingClient,
+    ModelNotFoundError,
+    TFServingRestClient,
+)
+from serving.mlflow_model import log_saved_model
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(era_classifier, tmp_path_factory):
+    """Log the ERA classifier's SavedModel to a tmp store and serve it on a free port."""
+    workdir = tmp_path_factory.mktemp("mlflow_serving")
+    tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("serving-test")
+    with mlflow.start_run():
+        model_uri = log_saved_model(era_classifier.path).model_uri
+    port = _free_port()
+    venv_bin = str(pathlib.Path(sys.executable).parent)  # the server runs uvicorn from here
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri,
+               PATH=venv_bin + os.pathsep + os.environ.get("PATH", ""))
+    log = open(workdir / "server.log", "w")
+    server = subprocess.Popen(
+        [os.path.join(venv_bin, "mlflow"), "models", "serve", "-m", model_uri,
+         "-h", "127.0.0.1", "-p", str(port), "--env-manager", "local"],
+        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    client = MlflowServingClient(f"http://127.0.0.1:{port}", timeout=60)
+    try:
+        client.wait_until_ready(timeout=180, process=server)
+        yield client
+    except Exception:
+        print((workdir / "server.log").read_text()[-3000:])
+        raise
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.mark.parametrize("request_format", ["inputs", "instances"])
+def test_predictions_match_keras(served, era_classifier, request_format):
+    outputs = served.predict({"images": era_classifier.images}, request_format=request_format)
+    np.testing.assert_allclose(outputs["probabilities"], era_classifier.probabilities, atol=1e-6)
+    np.testing.assert_array_equal(outputs["class_ids"], era_classifier.probabilities.argmax(-1))
+
+
+def test_single_unnamed_input_is_accepted(served, era_classifier):
+    outputs = served.predict(era_classifier.images)
+    np.testing.assert_allclose(outputs["probabilities"], era_classifier.probabilities, atol=1e-6)
+
+
+def test_wrong_shape_is_refused_and_server_stays_up(served):
+    with pytest.raises(BadRequestError, match=r"Shape of input \(2, 3\) does not match expected shape \(-1, 8, 8, 1\)"):
+        served.predict({"images": np.zeros((2, 3), np.float32)})
+    assert served.ping()
+
+
+def test_wrong_dtype_is_refused_and_server_stays_up(served):
+    with pytest.raises(BadRequestError, match="could not convert string to float"):
+        served.predict({"images": np.full((1, 8, 8, 1), "pixel")})
+    assert served.ping()
+
+
+def test_unknown_input_name_is_refused_and_server_stays_up(served):
+    with pytest.raises(BadRequestError, match=r"missing inputs \['images'\]"):
+        served.predict({"pixels": np.zeros((1, 8, 8, 1), np.float32)})
+    assert served.ping()
+
+
+def test_unknown_model_is_reported_and_server_stays_up(served):
+    # MLflow serves one model at /invocations; a TF Serving style request for a model
+    # name it does not serve gets a real 404, which the REST client names.
+    rest = TFServingRestClient(served.url, timeout=30)
+    with pytest.raises(ModelNotFoundError, match="serves no model 'no_such_model'"):
+        rest.predict("no_such_model", np.zeros((1, 8, 8, 1), np.float32))
+    assert served.ping()
