@@ -1,0 +1,115 @@
+"""Export a trained policy: a keras-hub preset, and a SavedModel of its scoring function.
+
+- `export_preset`: `CausalLM.save_to_preset(dir)`, loadable with `CausalLM.from_preset(dir)`
+  (weights, config, tokenizer assets).
+- `export_scoring_savedmodel`: a SavedModel, in TF Serving's `<base>/<model>/<version>/`
+  layout (`serving.layout.version_dir`), whose `serving_default` signature maps
+  `token_ids` and `padding_mask` (int32, (batch, time)) to
+  `token_log_probs` (batch, time): log p(token_t | tokens_<t), 0 at t = 0 and on padding,
+  and `sequence_log_prob` (batch,): their sum. It needs only TensorFlow to load.
+
+The SavedModel is written with the TensorFlow backend. From another backend (JAX), it is
+written by a TensorFlow-backend subprocess from the exported preset:
+`python -m pipelines.grpo.export --preset DIR --export-base BASE --model-name NAME`.
+"""
+
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+
+from serving.layout import version_dir
+
+
+def export_preset(causal_lm, preset_dir):
+    preset_dir = pathlib.Path(preset_dir)
+    causal_lm.save_to_preset(str(preset_dir))
+    return preset_dir
+
+
+def scoring_function(causal_lm):
+    """The (token_ids, padding_mask) -> next-token log-probs function, in keras.ops."""
+    from keras import ops
+
+    def score(token_ids, padding_mask):
+        logits = causal_lm({"token_ids": token_ids, "padding_mask": padding_mask})
+        log_p = ops.log_softmax(ops.cast(logits[:, :-1], "float32"), axis=-1)
+        picked = ops.take_along_axis(log_p, token_ids[:, 1:, None], axis=-1)[..., 0]
+        picked = picked * ops.cast(padding_mask[:, 1:], "float32")
+        token_log_probs = ops.concatenate([ops.zeros_like(picked[:, :1]), picked], axis=1)
+        return {"token_log_probs": token_log_probs,
+                "sequence_log_prob": ops.sum(token_log_probs, axis=1)}
+
+    return score
+
+
+def export_scoring_savedmodel(causal_lm, export_base, model_name, version=None):
+    """Write the scoring SavedModel to `<export_base>/<model_name>/<version>`; returns the dir."""
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            "The SavedModel export needs the TensorFlow backend; use "
+            "export_scoring_savedmodel_from_preset, which runs it in a subprocess."
+        )
+    import tensorflow as tf
+
+    target = version_dir(export_base, model_name, version)
+    score = scoring_function(causal_lm)
+    archive = keras.export.ExportArchive()
+    archive.track(causal_lm)
+    archive.add_endpoint(
+        "serving_default",
+        lambda token_ids, padding_mask: score(token_ids, padding_mask),
+        input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids"),
+                         tf.TensorSpec([None, None], tf.int32, name="padding_mask")],
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    archive.write_out(str(target), verbose=False)
+    return target
+
+
+def export_scoring_savedmodel_from_preset(preset_dir, export_base, model_name, version=None):
+    """Run the SavedModel export in a TensorFlow-backend subprocess (for JAX runs)."""
+    command = [sys.executable, "-m", "pipelines.grpo.export", "--preset", str(preset_dir),
+               "--export-base", str(export_base), "--model-name", model_name]
+    if version is not None:
+        command += ["--version", str(version)]
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    root = pathlib.Path(__file__).resolve().parents[2]
+    result = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"SavedModel export failed:\n{result.stderr[-4000:]}")
+    return pathlib.Path(result.stdout.strip().splitlines()[-1])
+
+
+def export_all(causal_lm, export_dir, model_name, version=None):
+    """Preset at `<export_dir>/preset`, SavedModel under `<export_dir>/serving/`."""
+    export_dir = pathlib.Path(export_dir)
+    preset = export_preset(causal_lm, export_dir / "preset")
+    if keras.backend.backend() == "tensorflow":
+        saved_model = export_scoring_savedmodel(causal_lm, export_dir / "serving", model_name,
+                                                version)
+    else:
+        saved_model = export_scoring_savedmodel_from_preset(preset, export_dir / "serving",
+                                                            model_name, version)
+    return {"preset_dir": preset, "savedmodel_dir": saved_model}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", required=True, help="keras-hub preset directory or name")
+    parser.add_argument("--export-base", required=True, help="TF Serving base directory")
+    parser.add_argument("--model-name", default="grpo_policy")
+    parser.add_argument("--version", type=int, default=None)
+    args = parser.parse_args(argv)
+    from pipelines.grpo.models import load_causal_lm
+
+    target = export_scoring_savedmodel(load_causal_lm(args.preset), args.export_base,
+                                       args.model_name, args.version)
+    print(target)
+
+
+if __name__ == "__main__":
+    main()

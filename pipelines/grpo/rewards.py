@@ -1,0 +1,109 @@
+"""Verifiable rewards: +1 for a correct final answer, -1 otherwise (spec section 3).
+
+A reward is any callable `reward(completion: str, reference: str) -> float`. Built-in:
+
+- `math_reward`: the final answer is the last `\\boxed{...}` in the completion, or else
+  its last number; it is correct when it equals the reference as a number (integers,
+  decimals, fractions "3/4", "\\frac{3}{4}", thousands separators) or, when either side is
+  not a number, as a whitespace-insensitive string.
+- `digit_sum_reward`: for the many-answers task; the reference "<digits>:<sum>" accepts
+  any number with that many digits (no leading zero) whose digits add up to the sum.
+
+`get_reward("math")` looks a built-in up by name; "package.module:function" imports one.
+"""
+
+import fractions
+import importlib
+import re
+
+CORRECT, INCORRECT = 1.0, -1.0
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+_FRAC = re.compile(r"\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}")
+
+
+def last_boxed(text):
+    """Contents of the last \\boxed{...} (nested braces allowed), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, begin = 0, start + len("\\boxed{")
+    for index in range(begin, len(text)):
+        if text[index] == "{":
+            depth += 1
+        elif text[index] == "}":
+            if depth == 0:
+                return text[begin:index]
+            depth -= 1
+    return None
+
+
+def extract_answer(text):
+    """The final answer of a completion: last \\boxed{} contents, else last number, else None."""
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed.strip()
+    numbers = _NUMBER.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def parse_number(text):
+    """A `fractions.Fraction` for numeric text ("-12", "1,000", "0.5", "3/4", "\\frac{3}{4}")."""
+    if text is None:
+        return None
+    cleaned = text.strip().strip("$").replace(" ", "").replace("\\!", "")
+    cleaned = _FRAC.sub(r"(\1)/(\2)", cleaned).replace("(", "").replace(")", "")
+    cleaned = cleaned.replace(",", "")
+    try:
+        if "/" in cleaned:
+            numerator, denominator = cleaned.split("/")
+            return fractions.Fraction(numerator) / fractions.Fraction(denominator)
+        return fractions.Fraction(cleaned)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def answers_match(predicted, reference):
+    if predicted is None:
+        return False
+    predicted_value, reference_value = parse_number(predicted), parse_number(reference)
+    if predicted_value is not None and reference_value is not None:
+        return predicted_value == reference_value
+    return "".join(predicted.split()) == "".join(str(reference).split())
+
+
+def math_reward(completion, reference):
+    """+1 when the completion's final answer equals `reference`, else -1."""
+    return CORRECT if answers_match(extract_answer(completion), reference) else INCORRECT
+
+
+def digit_sum_reward(completion, reference):
+    """+1 when the last number has `digits` digits (no leading zero) summing to `sum`."""
+    digits, total = (int(part) for part in reference.split(":"))
+    numbers = re.findall(r"\d+", completion)
+    if not numbers:
+        return INCORRECT
+    answer = numbers[-1]
+    ok = len(answer) == digits and answer[0] != "0" and sum(map(int, answer)) == total
+    return CORRECT if ok else INCORRECT
+
+
+REWARDS = {"math": math_reward, "digit_sum": digit_sum_reward}
+
+
+def get_reward(name):
+    """A reward by built-in name, or "package.module:function" for your own."""
+    if callable(name):
+        return name
+    if name in REWARDS:
+        return REWARDS[name]
+    if ":" in name:
+        module_name, function_name = name.split(":", 1)
+        function = getattr(importlib.import_module(module_name), function_name, None)
+        if not callable(function):
+            raise ValueError(f"{name!r} does not name a callable reward function.")
+        return function
+    raise ValueError(
+        f"Unknown reward {name!r}: use one of {', '.join(REWARDS)} or "
+        "'package.module:function' for a callable (completion, reference) -> float."
+    )

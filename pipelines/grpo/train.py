@@ -1,0 +1,389 @@
+"""The GRPO(+ERA) loop: sample groups, score them, update the policy; track and checkpoint.
+
+One step: draw `prompts_per_step` training prompts, sample `group_size` completions each
+(keras-hub generation, top-p sampling at `temperature`), reward them (+1/-1), normalise
+rewards within each group into advantages, and take `updates_per_rollout` optimizer steps
+on `grpo_loss` (ERA on unless `era=False`, which makes this the vanilla GRPO baseline).
+
+Checkpoints are keras-hub preset directories plus the optimizer's variables and the step's
+bookkeeping, under `<run_dir>/checkpoints/`; `latest` names the newest complete one, so a
+run killed at any moment resumes from it (and continues the same MLflow run). Sampling is
+seeded by (seed, step), so a resumed run draws the same prompts and samples it would have.
+
+The loop runs on the TensorFlow backend (GradientTape, XLA-compiled steps) or on JAX
+(`stateless_call` + `jax.value_and_grad`); the SavedModel export always uses TensorFlow.
+"""
+
+import json
+import pathlib
+import shutil
+import time
+
+import keras
+import keras_hub
+import numpy as np
+from keras import ops
+
+import era_keras
+from pipelines.common.tracking import log_curves, tracked_run, write_json
+from pipelines.grpo.config import GRPOConfig
+from pipelines.grpo.evaluate import evaluate
+from pipelines.grpo.loss import group_advantages, grpo_loss, next_token_targets
+from pipelines.grpo.models import load_causal_lm, tiny_causal_lm
+from pipelines.grpo.rewards import get_reward
+from pipelines.grpo.rollout import RolloutGenerator
+from pipelines.grpo.tasks import BUILTIN_TASKS, builtin_problems, load_jsonl, split_problems
+from pipelines.grpo.warm_start import warm_start
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+
+
+def load_problems(config):
+    """(train, test) problems of the configured task."""
+    if config.task in BUILTIN_TASKS:
+        train = builtin_problems(config.task, "train", 4096, config.seed, config.held_out_fraction)
+        test = builtin_problems(config.task, "test", config.num_eval_prompts, config.seed + 1,
+                                config.held_out_fraction)
+        return train, test
+    reward = config.reward or "math"
+    problems = load_jsonl(config.task, reward)
+    if config.eval_data:
+        return problems, load_jsonl(config.eval_data, reward)[: config.num_eval_prompts]
+    train, test = split_problems(problems, config.held_out_fraction)
+    return train, test[: config.num_eval_prompts]
+
+
+def build_causal_lm(config):
+    if config.model.startswith("tiny:"):
+        return tiny_causal_lm(
+            config.model[len("tiny:"):], num_layers=config.tiny_layers,
+            hidden_dim=config.tiny_hidden_dim, seed=config.seed,
+            sequence_length=config.max_prompt_tokens + config.max_new_tokens,
+        )
+    return load_causal_lm(config.model)
+
+
+def latest_checkpoint(run_dir):
+    pointer = pathlib.Path(run_dir) / CHECKPOINTS / LATEST
+    if not pointer.exists():
+        return None
+    return pathlib.Path(run_dir) / CHECKPOINTS / pointer.read_text().strip()
+
+
+class GRPOTrainer:
+    """Owns the policy, its optimizer and the rollout machinery of one run."""
+
+    def __init__(self, config, causal_lm, train_problems, eval_problems):
+        self.config = config
+        self.causal_lm = causal_lm
+        self.train_problems = train_problems
+        self.eval_problems = eval_problems
+        names = {p.reward for p in train_problems + eval_problems}
+        self.reward_fns = {n: get_reward(config.reward or n) for n in names}
+        self.era = (
+            era_keras.LogitERA(
+                k=config.era_k, omega_low=config.omega_low, omega_high=config.omega_high,
+                top_fraction=config.top_fraction, temperature=config.temperature,
+                top_k=config.era_top_k, scale_advantages=config.scale_advantages,
+            )
+            if config.era else None
+        )
+        self.optimizer = keras.optimizers.Adam(config.learning_rate, global_clipnorm=1.0)
+        self.step = 0
+        self.history = []
+        self.reference = None
+        self._train_step = None
+        self._forward = None
+
+    # --- setup ---------------------------------------------------------------------
+    def prepare_sampling(self):
+        c = self.config
+        self.generator = RolloutGenerator(
+            self.causal_lm, c.max_prompt_tokens, c.max_new_tokens,
+            samplers={
+                "train": keras_hub.samplers.TopPSampler(p=c.top_p, temperature=c.temperature,
+                                                        seed=c.seed),
+                "eval": keras_hub.samplers.TopPSampler(p=c.eval_top_p,
+                                                       temperature=c.eval_temperature,
+                                                       seed=c.seed),
+                "greedy": keras_hub.samplers.GreedySampler(),
+            },
+        )
+        self.optimizer.build(self.causal_lm.trainable_variables)
+        if c.kl_coef > 0 and self.reference is None:
+            backbone = self.causal_lm.backbone
+            reference_backbone = backbone.__class__.from_config(backbone.get_config())
+            reference_backbone.set_weights(backbone.get_weights())
+            self.reference = self.causal_lm.__class__(backbone=reference_backbone,
+                                                      preprocessor=None)
+
+    def run_warm_start(self):
+        c = self.config
+        problems = builtin_problems(c.task, "train", c.warm_start_steps * c.warm_start_batch_size,
+                                    c.seed + 7, c.held_out_fraction)
+        return warm_start(self.causal_lm, problems, c.warm_start_batch_size,
+                          c.warm_start_learning_rate,
+                          c.max_prompt_tokens + c.max_new_tokens, seed=c.seed)
+
+    # --- one GRPO step -------------------------------------------------------------
+    def sample_prompts(self, step):
+        rng = np.random.default_rng([self.config.seed, step])
+        picks = rng.choice(len(self.train_problems), self.config.prompts_per_step,
+                           replace=len(self.train_problems) < self.config.prompts_per_step)
+        return [self.train_problems[i] for i in picks]
+
+    def rollout(self, step):
+        c = self.config
+        problems = self.sample_prompts(step)
+        grouped = [p for p in problems for _ in range(c.group_size)]
+        rollout = self.generator.generate([p.prompt for p in grouped], "train",
+                                          seed=c.seed * 1_000_003 + step)
+        rewards = np.array([self.reward_fns[p.reward](text, p.reference)
+                            for p, text in zip(grouped, rollout.completions)], "float32")
+        return rollout, rewards, group_advantages(rewards, c.group_size)
+
+    def _loss(self, model, batch, old_log_probs=None, reference_log_probs=None):
+        logits = model({"token_ids": batch["token_ids"], "padding_mask": batch["padding_mask"]},
+                       training=True)
+        logits, tokens, mask = next_token_targets(logits, batch["token_ids"],
+                                                  batch["response_mask"])
+        c = self.config
+        return grpo_loss(
+            logits, tokens, mask, batch["advantages"], old_log_probs=old_log_probs,
+            era=self.era, temperature=c.temperature, clip_epsilon=c.clip_epsilon,
+            clip_epsilon_high=c.clip_epsilon_high, dual_clip=c.dual_clip,
+            reference_log_probs=reference_log_probs, kl_coef=c.kl_coef,
+            top_fraction=c.top_fraction,
+        )
+
+    def _token_log_probs(self, model, batch, era_scaled):
+        """log pi of the response tokens without gradient (for pi_old and the reference)."""
+        logits = model({"token_ids": batch["token_ids"], "padding_mask": batch["padding_mask"]})
+        logits, tokens, mask = next_token_targets(logits, batch["token_ids"],
+                                                  batch["response_mask"])
+        if era_scaled and self.era is not None:
+            return self.era((logits, tokens, batch["advantages"], mask))["log_probs"]
+        return era_keras.token_log_probs(logits, tokens, temperature=self.config.temperature)
+
+    def _make_train_step(self):
+        backend = keras.backend.backend()
+        model, optimizer = self.causal_lm, self.optimizer
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            @tf.function(jit_compile=True)
+            def train_step(batch, old_log_probs, reference_log_probs):
+                with tf.GradientTape() as tape:
+                    info = self._loss(model, batch, old_log_probs, reference_log_probs)
+                grads = tape.gradient(info.loss, model.trainable_variables)
+                optimizer.apply(grads, model.trainable_variables)
+                return info
+
+            return train_step
+        if backend == "jax":
+            import jax
+
+            def loss_fn(trainable, non_trainable, batch, old, ref):
+                mapping = list(zip(model.trainable_variables, trainable)) + list(
+                    zip(model.non_trainable_variables, non_trainable))
+                with keras.StatelessScope(state_mapping=mapping):
+                    info = self._loss(model, batch, old, ref)
+                return info.loss, info
+
+            @jax.jit
+            def stateless_step(trainable, non_trainable, optimizer_vars, batch, old, ref):
+                (_, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                    trainable, non_trainable, batch, old, ref)
+                trainable, optimizer_vars = optimizer.stateless_apply(
+                    optimizer_vars, grads, trainable)
+                return trainable, optimizer_vars, info
+
+            def train_step(batch, old_log_probs, reference_log_probs):
+                trainable, optimizer_vars, info = stateless_step(
+                    [v.value for v in model.trainable_variables],
+                    [v.value for v in model.non_trainable_variables],
+                    [v.value for v in optimizer.variables], batch,
+                    old_log_probs, reference_log_probs)
+                for variable, value in zip(model.trainable_variables, trainable):
+                    variable.assign(value)
+                for variable, value in zip(optimizer.variables, optimizer_vars):
+                    variable.assign(value)
+                return info
+
+            return train_step
+        raise ValueError(
+            f"The GRPO loop runs on the 'tensorflow' or 'jax' Keras backend, not {backend!r}; "
+            "set KERAS_BACKEND."
+        )
+
+    def update(self, rollout, advantages):
+        if self._train_step is None:
+            self._train_step = self._make_train_step()
+        batch = {
+            "token_ids": rollout.token_ids,
+            "padding_mask": rollout.padding_mask,
+            "response_mask": rollout.response_mask.astype("float32"),
+            "advantages": advantages.astype("float32"),
+        }
+        old = None
+        if self.config.updates_per_rollout > 1:
+            old = ops.stop_gradient(self._token_log_probs(self.causal_lm, batch, True))
+        ref = None
+        if self.reference is not None:
+            ref = self._token_log_probs(self.reference, batch, False)
+        for _ in range(self.config.updates_per_rollout):
+            info = self._train_step(batch, old, ref)
+        return info
+
+    def train_step_metrics(self, rollout, rewards, info, seconds):
+        h = np.asarray(info.extra["response_entropy"])
+        c = self.config
+        groups = rewards.reshape(-1, c.group_size)
+        tokens = float(rollout.response_mask.sum())
+        return {
+            "reward": float(rewards.mean()),
+            "accuracy": float((rewards > 0).mean()),
+            "groups_with_signal": float((groups.std(axis=1) > 0).mean()),
+            "response_length": float(rollout.response_lengths.mean()),
+            "h_resp_mean": float(h.mean()),
+            "h_resp_p10": float(np.quantile(h, 0.1)),
+            "h_resp_p50": float(np.quantile(h, 0.5)),
+            "h_resp_p90": float(np.quantile(h, 0.9)),
+            "share_below_omega_low": float((h < c.omega_low).mean()),
+            "share_above_omega_high": float((h > c.omega_high).mean()),
+            "share_tokens_scaled_up": float(info.extra["share_scaled_up"]),
+            "share_tokens_scaled_down": float(info.extra["share_scaled_down"]),
+            "loss": float(info.loss),
+            "policy_loss": float(info.extra["policy_loss"]),
+            "kl": float(info.extra["kl"]),
+            "clip_fraction": float(info.extra["clip_fraction"]),
+            "tokens_per_s": tokens / seconds,
+            "step_seconds": seconds,
+        }
+
+    def evaluate(self):
+        c = self.config
+        metrics = evaluate(self.generator, self.eval_problems, self.reward_fns,
+                           c.eval_samples, seed=c.seed * 7919 + self.step)
+        return {f"eval_{k}": v for k, v in metrics.items()}
+
+    def train_one_step(self):
+        """Rollout, rewards, update for step `self.step + 1`; returns its metrics."""
+        step = self.step + 1
+        start = time.perf_counter()
+        rollout, rewards, advantages = self.rollout(step)
+        info = self.update(rollout, advantages)
+        info = type(info)(ops.convert_to_numpy(info.loss),
+                          {k: ops.convert_to_numpy(v) for k, v in info.extra.items()})
+        metrics = self.train_step_metrics(rollout, rewards, info, time.perf_counter() - start)
+        self.step = step
+        return metrics
+
+    # --- checkpoints -----------------------------------------------------------------
+    def save_checkpoint(self, run_dir, keep=2):
+        root = pathlib.Path(run_dir) / CHECKPOINTS
+        name = f"step-{self.step:07d}"
+        target, partial = root / name, root / f"{name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        self.causal_lm.save_to_preset(str(partial / "preset"))
+        store = {}
+        self.optimizer.save_own_variables(store)
+        np.savez(partial / "optimizer.npz", **{str(k): v for k, v in store.items()})
+        write_json(partial / "state.json", {"step": self.step, "history": self.history})
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+        (root / f"{LATEST}.tmp").write_text(name)
+        (root / f"{LATEST}.tmp").replace(root / LATEST)
+        for old in sorted(root.glob("step-*"))[:-keep]:
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def restore_optimizer_and_state(self, checkpoint):
+        store = dict(np.load(checkpoint / "optimizer.npz"))
+        self.optimizer.load_own_variables(store)
+        state = json.loads((checkpoint / "state.json").read_text())
+        self.step, self.history = state["step"], state["history"]
+
+    # --- plots -------------------------------------------------------------------------
+    def log_plots(self):
+        rows = self.history
+        if not rows:
+            return
+        steps = [r["step"] for r in rows]
+
+        def series(key):
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            return ([p[0] for p in pts], [p[1] for p in pts])
+
+        entropy = {f"H_resp/{q}": series(f"h_resp_{q}") for q in ("p10", "p50", "p90")}
+        entropy["H_resp/omega_low"] = (steps, [self.config.omega_low] * len(steps))
+        entropy["ERA share of tokens/scaled up"] = series("share_tokens_scaled_up")
+        entropy["ERA share of tokens/scaled down"] = series("share_tokens_scaled_down")
+        log_curves(entropy, "plots/entropy.png", title="Response entropy (nats)")
+        k = self.config.eval_samples
+        log_curves({
+            "reward/train": series("reward"),
+            "accuracy/train": series("accuracy"),
+            "accuracy/eval greedy": series("eval_greedy_accuracy"),
+            "accuracy/eval mean": series("eval_mean_accuracy"),
+            f"accuracy/eval pass@{k}": series(f"eval_pass_at_{k}"),
+            "distinct correct answers/eval": series("eval_distinct_correct"),
+        }, "plots/reward.png", title="Reward and accuracy")
+
+
+def run(config, tracking_uri=None, export=True, model_name="grpo_policy", progress=True):
+    """Train (or resume) a GRPO run as configured; returns the trainer."""
+    import mlflow
+    from tqdm.auto import tqdm
+
+    keras.utils.set_random_seed(config.seed)
+    run_dir = pathlib.Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_problems, eval_problems = load_problems(config)
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        causal_lm = load_causal_lm(str(checkpoint / "preset"))
+    else:
+        causal_lm = build_causal_lm(config)
+    trainer = GRPOTrainer(config, causal_lm, train_problems, eval_problems)
+    with tracked_run(config.experiment, config, run_dir=run_dir, tracking_uri=tracking_uri,
+                     run_name=config.run_name) as active:
+        if checkpoint is None:
+            if config.warm_start_steps:
+                history = trainer.run_warm_start()
+                mlflow.log_metric("warm_start_loss", history["loss"][-1])
+            trainer.prepare_sampling()
+            trainer.history.append({"step": 0, **trainer.evaluate()})
+            mlflow.log_metrics({k: v for k, v in trainer.history[0].items() if k != "step"}, step=0)
+            trainer.save_checkpoint(run_dir)
+        else:
+            trainer.prepare_sampling()
+            trainer.restore_optimizer_and_state(checkpoint)
+            mlflow.set_tag("resumed_from_step", trainer.step)
+        bar = tqdm(total=config.steps, initial=trainer.step, desc="GRPO" + (
+            "+ERA" if config.era else ""), unit="step", disable=not progress)
+        while trainer.step < config.steps:
+            metrics = trainer.train_one_step()
+            if trainer.step % config.eval_every == 0 or trainer.step == config.steps:
+                metrics.update(trainer.evaluate())
+            trainer.history.append({"step": trainer.step, **metrics})
+            mlflow.log_metrics(metrics, step=trainer.step)
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward']:+.2f}",
+                            H=f"{metrics['h_resp_p50']:.2f}")
+            if trainer.step % config.checkpoint_every == 0 or trainer.step == config.steps:
+                trainer.save_checkpoint(run_dir)
+        bar.close()
+        trainer.log_plots()
+        write_json(run_dir / "history.json", trainer.history)
+        mlflow.log_artifact(str(run_dir / "history.json"))
+        if export:
+            from pipelines.grpo.export import export_all
+
+            paths = export_all(trainer.causal_lm, run_dir / "export", model_name)
+            mlflow.set_tags({f"export.{k}": str(v) for k, v in paths.items()})
+        trainer.run_id = active.info.run_id
+    return trainer

@@ -1,0 +1,134 @@
+import numpy as np
+import pytest
+from keras import ops
+
+import era_keras
+from pipelines.grpo.loss import group_advantages, grpo_loss, next_token_targets
+
+
+def _np(x):
+    return np.asarray(ops.convert_to_numpy(x))
+
+
+def _log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_group_advantages_normalise_within_each_group():
+    rewards = [1, -1, -1, -1, 1, 1, 1, 1]
+    adv = group_advantages(rewards, group_size=4)
+    first = np.array([1, -1, -1, -1], "float32")
+    expected = (first - first.mean()) / (first.std() + 1e-6)
+    np.testing.assert_allclose(adv[:4], expected, rtol=1e-5)
+    np.testing.assert_allclose(adv[4:], 0.0)  # all correct: no signal
+    assert 0 < adv[0] < 2 and not float(adv[0]).is_integer()  # fractional advantages
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        group_advantages([1, 1, 1], group_size=2)
+
+
+def test_next_token_targets_pairs_position_t_with_token_t_plus_1():
+    """A model that puts all mass on the *next* token scores log-prob 0 once aligned."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 7, size=(2, 6)).astype("int32")
+    response = np.array([[0, 0, 1, 1, 1, 0], [0, 0, 0, 1, 1, 1]], "float32")
+    logits = np.full((2, 6, 7), -20.0, "float32")
+    for b in range(2):
+        for t in range(5):
+            logits[b, t, tokens[b, t + 1]] = 20.0
+    shifted_logits, targets, mask = next_token_targets(logits, tokens, response)
+    np.testing.assert_array_equal(_np(targets), tokens[:, 1:])
+    np.testing.assert_array_equal(_np(mask), response[:, 1:])
+    log_probs = _np(era_keras.token_log_probs(shifted_logits, targets))
+    assert np.all(log_probs[_np(mask) > 0] > -1e-6)
+    unshifted = _np(era_keras.token_log_probs(logits, tokens))
+    assert np.all(unshifted[response > 0] < -1.0)  # misaligned: the wrong token
+
+
+def _batch(seed=0, batch=4, time=5, vocab=6):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(batch, time, vocab)).astype("float32")
+    tokens = rng.integers(0, vocab, size=(batch, time)).astype("int32")
+    mask = np.ones((batch, time), "float32")
+    return logits, tokens, mask
+
+
+def test_token_mean_aggregation_over_unequal_lengths():
+    logits, tokens, mask = _batch()
+    mask[0, 2:] = 0  # 2 tokens in row 0, 5 in the others
+    adv = np.array([0.7, -0.3, 1.2, -1.6], "float32")
+    info = grpo_loss(logits, tokens, mask, adv, era=None)
+    # On-policy (ratio 1): loss = -sum(A_t) / #tokens over the whole batch.
+    expected = -(adv[:, None] * mask).sum() / mask.sum()
+    np.testing.assert_allclose(_np(info.loss), expected, rtol=1e-5)
+
+
+def test_era_scales_exactly_the_spec_tokens_with_fractional_advantages():
+    vocab, time = 6, 5
+    sharp = np.zeros((time, vocab), "float32")
+    sharp[:, 0] = 12.0  # near one-hot: H_resp ~ 0 < omega_low
+    flat = np.zeros((time, vocab), "float32")  # uniform: H = ln 6 = 1.79 > omega_high
+    logits = np.stack([sharp, sharp, flat, flat, np.zeros_like(flat) + np.eye(vocab)[:time] * 1.0])
+    tokens = np.zeros((5, time), "int32")
+    mask = np.ones((5, time), "float32")
+    mask[0, 3:] = 0
+    # Fractional advantages: 0.4 > 0 must count (the authors' int cast would drop it).
+    adv = np.array([0.4, -0.4, 0.4, -0.4, 0.0], "float32")
+    era = era_keras.LogitERA(k=2.0, omega_low=0.45, omega_high=1.5)
+    info = grpo_loss(logits, tokens, mask, adv, era=era)
+    h = _np(info.extra["response_entropy"])
+    assert h[0] < 0.45 and h[1] < 0.45 and h[2] > 1.5 and h[3] > 1.5
+    tokens_total = mask.sum()
+    # Scaled up: row 0 only (low entropy, A > 0): its 3 unmasked tokens.
+    np.testing.assert_allclose(_np(info.extra["share_scaled_up"]), 3 / tokens_total)
+    # Scaled down: row 2 only (high entropy, A > 0).
+    np.testing.assert_allclose(_np(info.extra["share_scaled_down"]), time / tokens_total)
+
+    # The loss uses log softmax(k z) for row 0, log softmax(z / k) for row 2, z elsewhere,
+    # and advantages A / k, k A there: on-policy, d loss / d log pi'_t = -A'_t / #tokens.
+    out = era((logits, tokens, adv, mask))
+    log_p = _np(out["log_probs"])
+    np.testing.assert_allclose(log_p[0], _log_softmax(2.0 * logits[0])[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(log_p[2], _log_softmax(logits[2] / 2.0)[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(log_p[1], _log_softmax(logits[1])[:, 0], rtol=1e-5, atol=1e-6)
+    a = _np(out["advantages"])
+    np.testing.assert_allclose(a[0], 0.2)
+    np.testing.assert_allclose(a[2], 0.8)
+    np.testing.assert_allclose(a[1], -0.4)
+    expected = -(a * mask).sum() / tokens_total
+    np.testing.assert_allclose(_np(info.loss), expected, rtol=1e-5)
+
+
+def test_ppo_clipping_and_dual_clip():
+    logits, tokens, mask = _batch(batch=2, time=3)
+    current = _np(era_keras.token_log_probs(logits, tokens))
+    old = current - np.log(3.0)  # ratio 3 everywhere
+    adv = np.array([1.0, -1.0], "float32")
+    info = grpo_loss(logits, tokens, mask, adv, old_log_probs=old, clip_epsilon=0.2,
+                     dual_clip=None)
+    # A > 0: min(3A, 1.2A) -> -1.2 per token; A < 0: max(-3A, -1.2A) = 3.
+    np.testing.assert_allclose(_np(info.loss), (-1.2 * 3 + 3.0 * 3) / 6, rtol=1e-5)
+    assert _np(info.extra["clip_fraction"]) == pytest.approx(1.0)
+    dual = grpo_loss(logits, tokens, mask, adv, old_log_probs=old, clip_epsilon=0.2,
+                     dual_clip=2.0)
+    # Dual clip caps the negative-advantage loss at -c * A = 2.
+    np.testing.assert_allclose(_np(dual.loss), (-1.2 * 3 + 2.0 * 3) / 6, rtol=1e-5)
+
+
+def test_kl_to_reference_is_zero_for_the_same_policy_and_positive_otherwise():
+    logits, tokens, mask = _batch()
+    adv = np.zeros(4, "float32")
+    same = _np(era_keras.token_log_probs(logits, tokens))
+    info = grpo_loss(logits, tokens, mask, adv, reference_log_probs=same, kl_coef=0.1)
+    assert _np(info.extra["kl"]) == pytest.approx(0.0, abs=1e-6)
+    info = grpo_loss(logits, tokens, mask, adv, reference_log_probs=same - 0.5, kl_coef=0.1)
+    kl = float(_np(info.extra["kl"]))
+    assert kl == pytest.approx(np.exp(-0.5) + 0.5 - 1.0, rel=1e-4)
+    assert float(_np(info.loss)) == pytest.approx(0.1 * kl, rel=1e-4)
+
+
+def test_vanilla_loss_does_not_scale_anything():
+    logits, tokens, mask = _batch()
+    info = grpo_loss(logits, tokens, mask, np.array([0.5, 1.0, -1.0, 0.2], "float32"))
+    assert float(_np(info.extra["share_scaled_up"])) == 0.0
+    assert float(_np(info.extra["share_scaled_down"])) == 0.0
