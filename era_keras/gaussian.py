@@ -63,9 +63,12 @@ def gaussian_era_log_std(raw_scale, target_entropy, log_std_min=-8.0, log_std_ma
     budget = ops.cast(target_entropy, compute_dtype) - action_dim * (
         HALF_LOG_2PI_E + log_std_max
     )
-    budget = ops.minimum(budget, 0.0)
-    log_std = log_std_max + budget * ops.softmax(s, axis=-1)
-    return ops.cast(ops.clip(log_std, log_std_min, log_std_max), input_dtype)
+    budget = -ops.relu(-budget)  # = min(budget, 0), keeping the dtype on every backend
+    # With one dimension the softmax weight is 1 (and Keras warns about it).
+    weights = ops.ones_like(s) if action_dim == 1 else ops.softmax(s, axis=-1)
+    log_std = log_std_max + budget * weights
+    low, high = (ops.cast(bound, compute_dtype) for bound in (log_std_min, log_std_max))
+    return ops.cast(ops.clip(log_std, low, high), input_dtype)
 
 
 def gaussian_era(mu, raw_scale, target_entropy, log_std_min=-8.0, log_std_max=0.0):
@@ -188,7 +191,7 @@ class GaussianERA(keras.layers.Layer):
 
     def call(self, inputs):
         mu, raw_scale = inputs
-        floor = self.target_entropy + ops.maximum(self.delta, 0.0)
+        floor = self.target_entropy + ops.relu(self.delta)
         return gaussian_era(mu, raw_scale, floor, self.log_std_min, self.log_std_max)
 
     def entropy(self, std):

@@ -21,7 +21,7 @@ def approx_lambertw_m1_from_log(log_y):
     With u = -1 - log(y): W_{-1}(-y) ~ -1 - sqrt(2u) - 0.75u. Off by up to ~0.35 (and
     exact only at y = 1/e). Differentiable as written.
     """
-    u = ops.maximum(-1.0 - log_y, 0.0)
+    u = ops.relu(-1.0 - log_y)
     return -1.0 - ops.sqrt(2.0 * u) - 0.75 * u
 
 
@@ -33,14 +33,20 @@ def lambertw_m1_from_log(log_y, iterations=4):
     tensor carries the exact gradient dz/dlog(y) = z / (z + 1).
     """
     fixed_log_y = ops.stop_gradient(log_y)
-    z = approx_lambertw_m1_from_log(fixed_log_y)
-    z = ops.minimum(z, -1.0 - 1e-6)
+    z = _below_branch_point(approx_lambertw_m1_from_log(fixed_log_y))
     for _ in range(iterations):
         step = (z + ops.log(-z) - fixed_log_y) * z / (z + 1.0)
-        z = ops.minimum(z - step, -1.0 - 1e-6)
+        z = _below_branch_point(z - step)
     z = ops.stop_gradient(z)
     slope = ops.stop_gradient(z / (z + 1.0))
     return z + (log_y - fixed_log_y) * slope
+
+
+def _below_branch_point(z):
+    # Keeps z on the branch (z < -1). Written with `where`, because Keras' torch backend
+    # computes `minimum` of float64 tensors in float32.
+    ceiling = ops.full_like(z, -1.0 - 1e-6)
+    return ops.where(z < ceiling, z, ceiling)
 
 
 def lambertw_m1_numpy(log_y, iterations=8):
