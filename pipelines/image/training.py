@@ -99,6 +99,16 @@ def _verbosity(config):
 
 def train(config):
     """Run the pipeline for `config` (an ImageConfig); return a summary dict."""
+    previous_policy = keras.mixed_precision.global_policy()
+    if config.mixed_precision != "off":
+        keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
+    try:
+        return _train(config)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train(config):
     config.validate()
     head = config.head_config()
     builder = data.get_builder(config.dataset, config.data_dir)
@@ -108,8 +118,6 @@ def train(config):
     steps_per_epoch = config.steps_per_epoch or max(1, train_examples // config.batch_size)
     run_dir = prepare_run_dir(config)
 
-    if config.mixed_precision != "off":
-        keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy)
 
@@ -226,6 +234,8 @@ def finish(config, run, run_dir, model, head, info, validation_ds, test_ds):
     export_base = config.export_base or str(run_dir / "serving")
     model_name = config.model_name or f"{config.dataset}_{config.backbone}_{config.head}"
     export_dir = export.export_for_serving(model, export_base, model_name, info.image_shape, metadata)
+    # The SavedModel also goes to the run, so `python -m serving.export --run-id` finds it.
+    mlflow.log_artifacts(str(export_dir), "saved_model")
     mlflow.log_dict(metadata, "serving_metadata.json")
     mlflow.set_tag("export_dir", str(export_dir))
 
