@@ -102,7 +102,7 @@ def _serve_standalone(export_dir, images, tmp_path):
     return np.load(tmp_path / "served.npz")
 
 
-@pytest.mark.parametrize("era_at_inference", [True, False])
+@pytest.mark.parametrize("era_at_inference", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_real_data_run_serves_what_keras_predicts(tracking_uri, tmp_path, offline_data_dir, era_at_inference):
     import keras
 
