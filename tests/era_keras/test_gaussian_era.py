@@ -213,3 +213,15 @@ def test_save_and_load_keeps_outputs_and_delta(tmp_path):
     for a, b in zip(model(x), restored(x)):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
     assert float(to_numpy(restored.layers[-1].delta)) == pytest.approx(0.3)
+
+
+def test_float64_stays_float64_and_exact():
+    from tests.era_keras.backend_utils import supports_float64
+
+    if not supports_float64():
+        pytest.skip("float64 needs JAX x64 mode")
+    raw = ops.convert_to_tensor(np.random.default_rng(0).standard_normal((8, 6)), "float64")
+    _, std = era_keras.gaussian_era(raw, raw, -1.0)
+    std = to_numpy(std)
+    assert std.dtype == np.float64
+    np.testing.assert_allclose(entropy64(std), -1.0, atol=1e-12)

@@ -1,0 +1,139 @@
+"""Logit ERA for GRPO: response entropy, which tokens are scaled, ERA log-probs."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+from scipy.special import log_softmax
+
+import era_keras
+from tests.era_keras.backend_utils import to_numpy
+
+
+def token_entropy64(logits, temperature=1.0):
+    log_p = log_softmax(np.asarray(logits, np.float64) / temperature, axis=-1)
+    return -(np.exp(log_p) * log_p).sum(-1)
+
+
+def response_entropy_reference(entropies, mask, fraction):
+    out = []
+    for row, row_mask in zip(entropies, mask):
+        kept = np.sort(row[row_mask > 0])[::-1]
+        if len(kept) == 0:
+            out.append(0.0)
+            continue
+        keep = max(1, int(np.floor(fraction * len(kept))))
+        out.append(kept[:keep].mean())
+    return np.array(out)
+
+
+def test_token_entropy_matches_the_definition_with_temperature():
+    logits = np.random.default_rng(0).standard_normal((3, 5, 50)).astype(np.float32) * 4
+    for temperature in (1.0, 0.7):
+        np.testing.assert_allclose(
+            to_numpy(era_keras.token_entropy(logits, temperature)),
+            token_entropy64(logits, temperature),
+            rtol=1e-5,
+        )
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 1.0])
+def test_response_entropy_is_the_mean_of_the_top_fraction_of_masked_tokens(fraction):
+    rng = np.random.default_rng(1)
+    entropies = rng.uniform(0, 3, (6, 23)).astype(np.float32)
+    lengths = np.array([23, 12, 5, 4, 1, 0])
+    mask = (np.arange(23)[None, :] < lengths[:, None]).astype(np.float32)
+    # Padding carries large entropies: it must never count.
+    entropies[mask == 0] = 100.0
+    got = to_numpy(era_keras.response_entropy(entropies, mask, fraction))
+    np.testing.assert_allclose(
+        got, response_entropy_reference(entropies, mask, fraction), rtol=1e-6
+    )
+    assert got[-1] == 0.0
+
+
+def test_short_responses_use_their_single_highest_token():
+    entropies = np.array([[0.1, 2.0, 0.5, 0.0]], np.float32)
+    mask = np.array([[1, 1, 1, 0]], np.float32)
+    assert to_numpy(era_keras.response_entropy(entropies, mask))[0] == pytest.approx(2.0)
+
+
+def test_scaling_lands_on_exactly_the_tokens_the_spec_says_with_fractional_advantages():
+    # responses: low entropy, high entropy, in between; advantages include 0.3 and -0.3,
+    # which the authors' integer cast would have turned into 0.
+    h_resp = np.array([0.2, 3.5, 1.0], np.float32)
+    advantages = np.array(
+        [[0.3, -0.3, 1.5, 0.0], [0.3, -0.3, 1.5, 0.0], [0.3, -0.3, 1.5, 0.0]], np.float32
+    )
+    logit_scale, advantage_scale = era_keras.era_scales(
+        h_resp, advantages, k=2.0, omega_low=0.45, omega_high=3.0
+    )
+    np.testing.assert_array_equal(
+        to_numpy(logit_scale),
+        [[2.0, 1.0, 2.0, 1.0], [0.5, 1.0, 0.5, 1.0], [1.0, 1.0, 1.0, 1.0]],
+    )
+    np.testing.assert_array_equal(to_numpy(advantage_scale), 1.0 / to_numpy(logit_scale))
+
+
+def test_per_response_advantages_broadcast_over_tokens():
+    logit_scale, _ = era_keras.era_scales(
+        np.array([0.1, 0.1]), np.array([0.25, -0.25]), k=3.0
+    )
+    np.testing.assert_array_equal(to_numpy(logit_scale), [3.0, 1.0])
+
+
+def test_token_log_probs_apply_scale_temperature_and_top_k():
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((2, 3, 40)).astype(np.float32) * 3
+    tokens = rng.integers(0, 40, (2, 3))
+    scale = np.array([[2.0, 1.0, 0.5], [1.0, 1.0, 2.0]], np.float32)
+    expected = log_softmax(logits * scale[..., None] / 0.8, axis=-1)
+    expected = np.take_along_axis(expected, tokens[..., None], -1)[..., 0]
+    got = to_numpy(era_keras.token_log_probs(logits, tokens, scale, temperature=0.8))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+    # Top-k renormalisation: the top token's log-prob over the top 5 logits only.
+    tokens = logits.argmax(-1)
+    top5 = np.sort(logits, -1)[..., -5:]
+    expected_top = logits.max(-1) - np.log(np.exp(top5).sum(-1))
+    got_top = to_numpy(era_keras.token_log_probs(logits, tokens, top_k=5))
+    np.testing.assert_allclose(got_top, expected_top, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_returns_consistent_log_probs_advantages_and_entropy():
+    rng = np.random.default_rng(3)
+    batch, time, vocab = 4, 6, 30
+    logits = rng.standard_normal((batch, time, vocab)).astype(np.float32)
+    logits[0] *= 20.0  # a confident (low-entropy) response
+    logits[1] *= 0.01  # a near-uniform (high-entropy) response
+    tokens = rng.integers(0, vocab, (batch, time))
+    mask = np.ones((batch, time), np.float32)
+    advantages = np.array([0.5, 0.5, -0.5, 0.5], np.float32)
+    layer = era_keras.LogitERA(k=2.0, omega_low=0.45, omega_high=3.0)
+    out = layer((logits, tokens, advantages, mask))
+    h = to_numpy(out["response_entropy"])
+    assert h[0] < 0.45 and h[1] > 3.0
+    scale = to_numpy(out["logit_scale"])
+    np.testing.assert_array_equal(scale[0], 2.0)
+    np.testing.assert_array_equal(scale[1], 0.5)
+    np.testing.assert_array_equal(to_numpy(out["advantages"])[0], 0.25)
+    np.testing.assert_array_equal(to_numpy(out["advantages"])[1], 1.0)
+    expected = log_softmax(logits * scale[..., None], axis=-1)
+    expected = np.take_along_axis(expected, tokens[..., None], -1)[..., 0]
+    np.testing.assert_allclose(to_numpy(out["log_probs"]), expected, rtol=1e-4, atol=1e-4)
+
+    unscaled = era_keras.LogitERA(scale_advantages=False)((logits, tokens, advantages, mask))
+    np.testing.assert_array_equal(to_numpy(unscaled["advantages"])[0], 0.5)
+    config = layer.get_config()
+    assert era_keras.LogitERA.from_config(config).get_config() == config
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        era_keras.LogitERA(k=0.5)
+    with pytest.raises(ValueError, match="omega_low"):
+        era_keras.LogitERA(omega_low=3.0, omega_high=1.0)
+    with pytest.raises(ValueError, match="top_fraction"):
+        era_keras.LogitERA(top_fraction=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        era_keras.LogitERA(temperature=0.0)
