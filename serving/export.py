@@ -26,7 +26,7 @@ from serving.saved_model import (
     is_saved_model,
     signature_specs,
 )
-from serving.standalone import predict_standalone
+from serving.signature_runner import predict_standalone
 
 
 def _one_saved_model(root, where):
@@ -53,8 +53,24 @@ def _saved_model_artifact_paths(client, run_id, path=None):
     return found
 
 
+def _saved_models_named_by_tags(run):
+    """(local dir, tag) for run tags that name an existing local SavedModel directory:
+    a pipeline that exports next to its run dir without logging the SavedModel as an
+    artifact records where it went in a tag (GRPO: `export.savedmodel_dir`)."""
+    found = []
+    for tag, value in sorted(run.data.tags.items()):
+        if tag.startswith("mlflow.") or "/" not in value:
+            continue
+        path = pathlib.Path(value)
+        if is_saved_model(path) and path.resolve() not in [p.resolve() for p, _ in found]:
+            found.append((path, f"tag {tag}"))
+    return found
+
+
 def download_run_saved_model(run_id, dst_dir, artifact_path=None, tracking_uri=None):
-    """Download the run's SavedModel artifact (found by search unless `artifact_path`)."""
+    """The run's SavedModel, downloaded: the artifact `artifact_path`, else the run's only
+    SavedModel artifact, else the one local SavedModel directory a run tag names.
+    Returns (local directory, where it came from)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -63,17 +79,22 @@ def download_run_saved_model(run_id, dst_dir, artifact_path=None, tracking_uri=N
     tracking_uri = resolve_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
     try:
-        client.get_run(run_id)
+        run = client.get_run(run_id)
     except MlflowException as error:
         raise ValueError(f"No MLflow run {run_id!r} in the store {tracking_uri}.") from error
     if artifact_path is None:
         candidates = _saved_model_artifact_paths(client, run_id)
+        if not candidates:
+            tagged = _saved_models_named_by_tags(run)
+            if len(tagged) == 1:
+                return tagged[0]
         if len(candidates) != 1:
             raise ValueError(
                 f"Run {run_id} has {len(candidates)} SavedModel artifacts "
                 f"({candidates or 'none'}); "
                 + ("pass --artifact-path to choose one." if candidates else
-                   "did the pipeline finish and export its model?")
+                   "did the pipeline finish and export its model? (or pass its directory "
+                   "with --path)")
             )
         artifact_path = candidates[0]
     local = mlflow.artifacts.download_artifacts(
@@ -85,20 +106,58 @@ def download_run_saved_model(run_id, dst_dir, artifact_path=None, tracking_uri=N
             f"Artifact {artifact_path!r} of run {run_id} is not a SavedModel directory "
             f"(no {SAVED_MODEL_FILE})."
         )
-    return pathlib.Path(local), artifact_path
+    return pathlib.Path(local), f"artifact {artifact_path!r}"
 
 
-def copy_into_layout(saved_model_dir, export_base, model_name, version=None):
+def _load_object_graph(saved_model_dir):
+    import tensorflow as tf
+
+    try:
+        return tf.saved_model.load(str(saved_model_dir))
+    except ValueError as error:
+        if "tfp." not in str(error):
+            raise
+        # TF-Agents policies' signatures name TensorFlow Probability TypeSpecs, which are
+        # registered only once tfp is imported.
+        import tensorflow_probability  # noqa: F401
+
+        return tf.saved_model.load(str(saved_model_dir))
+
+
+def save_with_serving_default(saved_model_dir, target_dir, signature_name):
+    """Re-save a SavedModel with `signature_name` also as serving_default (TF Serving's
+    default for requests that name no signature), keeping its other signatures and the
+    files beside the graph (assets.extra, TF-Agents' policy_specs.pbtxt)."""
+    import tensorflow as tf
+
+    loaded = _load_object_graph(saved_model_dir)
+    signatures = dict(loaded.signatures)
+    signatures[SERVING_SIGNATURE] = signatures[signature_name]
+    tf.saved_model.save(loaded, str(target_dir), signatures=signatures)
+    written = {"saved_model.pb", "variables", "assets", "fingerprint.pb"}
+    for item in pathlib.Path(saved_model_dir).iterdir():
+        if item.name not in written:
+            copy = shutil.copytree if item.is_dir() else shutil.copy2
+            copy(item, pathlib.Path(target_dir) / item.name)
+
+
+def copy_into_layout(saved_model_dir, export_base, model_name, version=None,
+                     signature_name=SERVING_SIGNATURE):
     """Copy a SavedModel to `<export_base>/<model_name>/<version>` and update models.config.
 
-    The copy is written under a hidden temporary name and renamed into place, so TF
-    Serving (which polls the model directory) never sees a half-written version.
+    A SavedModel without serving_default is re-saved with `signature_name` as its
+    serving_default. The copy is written under a hidden temporary name and renamed into
+    place, so TF Serving (which polls the model directory) never sees a half-written
+    version.
     """
     target = version_dir(export_base, model_name, version)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        shutil.copytree(saved_model_dir, staging, dirs_exist_ok=True)
+        if _has_signature(saved_model_dir, SERVING_SIGNATURE):
+            shutil.copytree(saved_model_dir, staging, dirs_exist_ok=True)
+        else:
+            save_with_serving_default(saved_model_dir, staging, signature_name)
         if target.exists():
             target.rmdir()  # version_dir guarantees it is empty
         os.rename(staging, target)
@@ -108,8 +167,17 @@ def copy_into_layout(saved_model_dir, export_base, model_name, version=None):
     return target, config
 
 
+def _has_signature(saved_model_dir, signature_name):
+    try:
+        signature_specs(saved_model_dir, signature_name)
+    except ValueError:
+        return False
+    return True
+
+
 def check_loads_standalone(saved_model_dir, signature_name=SERVING_SIGNATURE):
-    """Run the signature on zeros in a process without the project's code; its outputs."""
+    """Run the signature on zeros as TF Serving would, in a process without the project's
+    code, Keras, TF-Agents or tfp; returns its outputs."""
     input_specs, _ = signature_specs(saved_model_dir, signature_name)
     return predict_standalone(saved_model_dir, example_inputs(input_specs), signature_name)
 
@@ -154,21 +222,26 @@ def export(
         raise ValueError("Give exactly one source: an MLflow run id or a local path.")
     with tempfile.TemporaryDirectory(prefix="export-") as download_dir:
         if run_id is not None:
-            source, artifact_path = download_run_saved_model(
+            source, origin = download_run_saved_model(
                 run_id, download_dir, artifact_path, tracking_uri
             )
+            origin = f"run {run_id}, {origin or 'artifact root'}"
         else:
             if not pathlib.Path(path).exists():
                 raise FileNotFoundError(f"--path {path} does not exist.")
             source = _one_saved_model(pathlib.Path(path), f"--path {path}")
+            origin = str(source)
         signature_specs(source, signature_name)  # fails early, naming the signatures there
-        target, config = copy_into_layout(source, export_base, model_name, version)
-    summary = {"version_dir": target, "models_config": config, "source": run_id or source}
+        target, config = copy_into_layout(source, export_base, model_name, version,
+                                          signature_name)
+    summary = {"version_dir": target, "models_config": config, "source": origin}
     if check:
-        outputs = check_loads_standalone(target, signature_name)
+        outputs = check_loads_standalone(target, SERVING_SIGNATURE)
         summary["standalone_outputs"] = {name: value.shape for name, value in outputs.items()}
     if log_mlflow_model:
-        summary["mlflow_model_uri"] = _log_mlflow_model(target, signature_name, run_id, tracking_uri)
+        summary["mlflow_model_uri"] = _log_mlflow_model(
+            target, SERVING_SIGNATURE, run_id, tracking_uri
+        )
     return summary
 
 
@@ -204,7 +277,12 @@ def build_parser():
         default=None,
         help="the SavedModel's artifact path in the run (default: the run's only one)",
     )
-    parser.add_argument("--signature-name", default=SERVING_SIGNATURE)
+    parser.add_argument(
+        "--signature-name",
+        default=SERVING_SIGNATURE,
+        help="the signature to serve; a SavedModel without serving_default is re-saved "
+        "with this one as serving_default (e.g. `action` for a TF-Agents policy)",
+    )
     parser.add_argument(
         "--no-check",
         dest="check",

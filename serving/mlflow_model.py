@@ -1,7 +1,7 @@
 """A SavedModel signature as an MLflow model, for `mlflow models serve` without TF Serving.
 
-The logged model holds the SavedModel as an artifact and a small pyfunc that loads it
-with `tf.saved_model.load` and calls one signature, the way TF Serving does; so serving
+The logged model holds the SavedModel as an artifact and a small pyfunc that runs one
+signature the way TF Serving does (`serving.signature_runner.SignatureRunner`); so serving
 it needs TensorFlow and MLflow but none of era_keras, Keras, keras-hub or TF-Agents. Its
 MLflow signature is the SavedModel's, so MLflow's scoring server checks input names,
 shapes and dtypes before the model sees a request.
@@ -14,7 +14,6 @@ shapes and dtypes before the model sees a request.
 import pathlib
 
 import mlflow
-import numpy as np
 
 from serving.saved_model import SERVING_SIGNATURE, example_inputs, signature_specs
 
@@ -29,27 +28,22 @@ class SavedModelSignature(mlflow.pyfunc.PythonModel):
         self.signature_name = signature_name
 
     def load_context(self, context):
-        import tensorflow as tf
+        from serving.signature_runner import SignatureRunner
 
-        self._loaded = tf.saved_model.load(context.artifacts[SAVED_MODEL_ARTIFACT])
-        self._signature = self._loaded.signatures[self.signature_name]
-        self._input_specs = self._signature.structured_input_signature[1]
+        self._runner = SignatureRunner(
+            context.artifacts[SAVED_MODEL_ARTIFACT], self.signature_name
+        )
 
     def predict(self, context, model_input, params=None):
-        import tensorflow as tf
-
         if not isinstance(model_input, dict):
-            if len(self._input_specs) != 1:
+            names = sorted(self._runner.input_tensors)
+            if len(names) != 1:
                 raise ValueError(
-                    f"This model takes named inputs {sorted(self._input_specs)}: send "
+                    f"This model takes named inputs {names}: send "
                     '{"inputs": {name: batch, ...}}.'
                 )
-            model_input = {next(iter(self._input_specs)): model_input}
-        feeds = {
-            name: tf.constant(np.asarray(model_input[name]), dtype=spec.dtype)
-            for name, spec in self._input_specs.items()
-        }
-        outputs = {name: value.numpy() for name, value in self._signature(**feeds).items()}
+            model_input = {names[0]: model_input}
+        outputs = self._runner(model_input)
         return next(iter(outputs.values())) if len(outputs) == 1 else outputs
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from serving import export as export_cli
 from serving.saved_model import signature_specs
-from serving.standalone import predict_standalone
+from serving.signature_runner import predict_standalone
 
 
 def test_export_from_path_loads_without_project_code_and_matches_keras(era_classifier, tmp_path):
@@ -17,6 +17,9 @@ def test_export_from_path_loads_without_project_code_and_matches_keras(era_class
     assert (version / "saved_model.pb").is_file()
     assert "base_path: '%s'" % (base / "digits") in (base / "models.config").read_text()
     outputs = predict_standalone(version, {"images": era_classifier.images})
+    # TF2's object loader (tf.saved_model.load), also without the project, agrees.
+    by_object = predict_standalone(version, {"images": era_classifier.images}, loader="object")
+    np.testing.assert_allclose(by_object["probabilities"], outputs["probabilities"], atol=1e-7)
     np.testing.assert_allclose(outputs["probabilities"], era_classifier.probabilities, atol=1e-6)
     np.testing.assert_array_equal(
         outputs["class_ids"], era_classifier.probabilities.argmax(axis=-1)
@@ -84,6 +87,20 @@ def test_export_by_run_id_finds_the_saved_model_artifact(era_classifier, tmp_pat
     assert export_cli.main(["--run-id", "0" * 32, "--model-name", "digits",
                             "--export-base", str(base)]) == 2
     assert "No MLflow run" in capsys.readouterr().err
+
+
+def test_export_by_run_id_falls_back_to_a_tagged_local_saved_model(
+    era_classifier, tmp_path, tracking_uri, capsys
+):
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run() as run:  # as GRPO records its export: a tag, no artifact
+        mlflow.set_tag("export.savedmodel_dir", str(era_classifier.path))
+        mlflow.set_tag("note", "not/a/model")
+    base = tmp_path / "exports"
+    assert export_cli.main(["--run-id", run.info.run_id, "--model-name", "lm",
+                            "--export-base", str(base), "--no-check"]) == 0
+    assert "tag export.savedmodel_dir" in capsys.readouterr().out
+    assert (base / "lm" / "1" / "saved_model.pb").is_file()
 
 
 def test_standalone_reports_a_model_that_cannot_load(tmp_path):

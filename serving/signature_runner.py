@@ -1,0 +1,151 @@
+"""Run a SavedModel signature the way TF Serving does, in this process or in a clean one.
+
+TF Serving loads the MetaGraphDef tagged "serve", restores its variables into a session
+and runs a signature's tensors by name; no Python object of the model is rebuilt.
+`SignatureRunner` does the same with `tf.compat.v1.saved_model.load`. `predict_standalone`
+runs it in a fresh process where era_keras, Keras, keras-hub, TF-Agents, TensorFlow
+Probability and this repository cannot be imported, so it proves that the math (ERA's
+included) is in the graph. `loader="object"` uses TF2's `tf.saved_model.load` instead,
+which rebuilds the object graph; for a TF-Agents policy that needs
+`preload=("tensorflow_probability",)`, whose TypeSpecs the policy's signatures name
+(tfp imports Keras, so Keras is then importable too).
+
+This file is also a script (the standalone process runs it), so at module level it
+imports nothing but the standard library and numpy.
+"""
+
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+SERVE_TAG = "serve"
+PROJECT_MODULES = ("era_keras", "keras_hub", "tf_agents", "pipelines", "serving")
+FRAMEWORK_MODULES = ("keras", "tf_keras", "tensorflow_probability")
+LOADERS = ("session", "object")
+
+
+class SignatureRunner:
+    """`runner({input name: array})` -> {output name: array}, as TF Serving computes it."""
+
+    def __init__(self, saved_model_dir, signature_name="serving_default"):
+        import tensorflow as tf
+
+        self._graph = tf.Graph()
+        self._session = tf.compat.v1.Session(graph=self._graph)
+        with self._graph.as_default():
+            meta_graph = tf.compat.v1.saved_model.load(
+                self._session, [SERVE_TAG], str(saved_model_dir)
+            )
+        signatures = meta_graph.signature_def
+        if signature_name not in signatures:
+            available = sorted(name for name in signatures if not name.startswith("__"))
+            raise ValueError(
+                f"The SavedModel at {saved_model_dir} has no signature {signature_name!r}; "
+                f"it has {available}."
+            )
+        signature = signatures[signature_name]
+        self.input_tensors = {name: info.name for name, info in signature.inputs.items()}
+        self.input_dtypes = {
+            name: tf.dtypes.as_dtype(info.dtype).as_numpy_dtype
+            for name, info in signature.inputs.items()
+        }
+        self.output_tensors = {name: info.name for name, info in signature.outputs.items()}
+
+    def __call__(self, inputs):
+        missing = sorted(set(self.input_tensors) - set(inputs))
+        extra = sorted(set(inputs) - set(self.input_tensors))
+        if missing or extra:
+            raise ValueError(
+                f"Inputs must be exactly {sorted(self.input_tensors)}; missing {missing}, "
+                f"unknown {extra}."
+            )
+        feeds = {
+            self.input_tensors[name]: np.asarray(value, dtype=self.input_dtypes[name])
+            for name, value in inputs.items()
+        }
+        return self._session.run(self.output_tensors, feeds)
+
+
+def _run_with_object_loader(saved_model_dir, signature_name, inputs):
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(saved_model_dir)).signatures[signature_name]
+    outputs = signature(**{name: tf.constant(value) for name, value in inputs.items()})
+    return {name: value.numpy() for name, value in outputs.items()}
+
+
+def _clean_environment():
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def predict_standalone(
+    saved_model_dir,
+    inputs,
+    signature_name="serving_default",
+    loader="session",
+    preload=(),
+    timeout=600,
+):
+    """Outputs {name: array} of a signature on `inputs` {name: array}, computed in a fresh
+    process that cannot import this project (nor Keras, TF-Agents, tfp unless preloaded).
+    """
+    if loader not in LOADERS:
+        raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}.")
+    saved_model_dir = str(pathlib.Path(saved_model_dir).resolve())
+    with tempfile.TemporaryDirectory(prefix="standalone-") as workdir:
+        inputs_file = str(pathlib.Path(workdir) / "inputs.npz")
+        outputs_file = str(pathlib.Path(workdir) / "outputs.npz")
+        np.savez(inputs_file, **{name: np.asarray(v) for name, v in inputs.items()})
+        command = [sys.executable, str(pathlib.Path(__file__).resolve()), saved_model_dir,
+                   inputs_file, outputs_file, "--signature-name", signature_name,
+                   "--loader", loader]
+        for module in preload:
+            command += ["--preload", module]
+        result = subprocess.run(
+            command, cwd=workdir, capture_output=True, text=True, timeout=timeout,
+            env=_clean_environment(),
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"The SavedModel at {saved_model_dir} did not load and run without the "
+                f"project's Python code ({loader} loader):\n{result.stderr[-3000:]}"
+            )
+        with np.load(outputs_file, allow_pickle=False) as outputs:
+            return {name: outputs[name] for name in outputs.files}
+
+
+def _main():
+    parser = argparse.ArgumentParser(description="Run a SavedModel signature on .npz inputs.")
+    parser.add_argument("saved_model_dir")
+    parser.add_argument("inputs_npz")
+    parser.add_argument("outputs_npz")
+    parser.add_argument("--signature-name", default="serving_default")
+    parser.add_argument("--loader", choices=LOADERS, default="session")
+    parser.add_argument("--preload", action="append", default=[])
+    args = parser.parse_args()
+    blocked = PROJECT_MODULES + (() if args.preload else FRAMEWORK_MODULES)
+    for name in blocked:
+        sys.modules[name] = None  # importing it now raises ImportError
+    # Running this file puts serving/ itself first on sys.path; take it off.
+    sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve()
+                   != pathlib.Path(__file__).resolve().parent]
+    for name in args.preload:
+        __import__(name)
+    with np.load(args.inputs_npz) as data:
+        inputs = {name: data[name] for name in data.files}
+    if args.loader == "session":
+        outputs = SignatureRunner(args.saved_model_dir, args.signature_name)(inputs)
+    else:
+        outputs = _run_with_object_loader(args.saved_model_dir, args.signature_name, inputs)
+    np.savez(args.outputs_npz, **outputs)
+
+
+if __name__ == "__main__":
+    _main()
