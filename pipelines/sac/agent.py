@@ -211,6 +211,8 @@ class ERASacAgent(SacAgent):
 def make_agent(config, time_step_spec, action_spec, train_step_counter=None):
     """ERA-SAC (config.agent == "era") or standard SAC ("sac") with the config's settings."""
     observation_spec = time_step_spec.observation
+    if train_step_counter is None:
+        train_step_counter = tf.Variable(0, dtype=tf.int64, name="train_step")
     action_dim = action_spec.shape.num_elements()
     critic = networks.CriticNetwork((observation_spec, action_spec), config.hidden_sizes)
     common_kwargs = dict(

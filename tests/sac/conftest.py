@@ -19,3 +19,9 @@ def legacy_keras_selected():
         "tf.keras was resolved to Keras 3 before tests/sac/conftest.py set "
         "TF_USE_LEGACY_KERAS=1; run the SAC tests in their own pytest process."
     )
+
+
+@pytest.fixture(autouse=True)
+def run_in_tmp_dir(tmp_path, monkeypatch):
+    """MuJoCo writes MUJOCO_LOG.TXT into the working directory: keep it out of the repo."""
+    monkeypatch.chdir(tmp_path)
