@@ -11,6 +11,7 @@ form approximation. The gradient is not taken through the iterations: the implic
 function theorem gives it exactly, dz/dlog(y) = z / (z + 1).
 """
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -25,13 +26,17 @@ def approx_lambertw_m1_from_log(log_y):
     return -1.0 - ops.sqrt(2.0 * u) - 0.75 * u
 
 
-def lambertw_m1_from_log(log_y, iterations=4):
+def lambertw_m1_from_log(log_y, iterations=None):
     """W_{-1}(-y) to float precision, from log(y), for log(y) < -1.
 
-    Four Newton steps on g(z) = z + log(-z) - log(y) take the approximation to float64
-    round-off for every y in (0, 0.35]; the tests check this against scipy. The returned
-    tensor carries the exact gradient dz/dlog(y) = z / (z + 1).
+    Newton on g(z) = z + log(-z) - log(y) from the closed form converges quadratically:
+    for every y in (0, 0.35] the relative error is 1.6e-4 after one step, 4.5e-10 after
+    two and float64 round-off after three. So two steps for float32 and below, three for
+    float64 (the tests check both against scipy). The returned tensor carries the exact
+    gradient dz/dlog(y) = z / (z + 1).
     """
+    if iterations is None:
+        iterations = 3 if keras.backend.standardize_dtype(log_y.dtype) == "float64" else 2
     fixed_log_y = ops.stop_gradient(log_y)
     z = _below_branch_point(approx_lambertw_m1_from_log(fixed_log_y))
     for _ in range(iterations):

@@ -1,0 +1,270 @@
+"""Forward+backward cost of each ERA layer against the plain head it replaces.
+
+Usage (one backend per process; the script runs both and writes one table):
+
+    python benchmarks/layer_overhead.py [--repeats 30] [--resnet-batch 16]
+
+For every head: a compiled (XLA on TensorFlow, jax.jit on JAX) function returning the
+loss and its gradient with respect to the head's inputs. Variants of one case run
+interleaved, round after round, so machine noise hits them alike; the table gives the
+median time and the ratio of medians with the 25-75% range of per-round ratios.
+Then a ResNet-50 training step (keras.applications, weights=None, 1000 classes) with the
+plain softmax head and with SoftmaxERA, interleaved, to give ERA's share of a real step.
+Writes benchmarks/results/layer_overhead.md.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+RESULTS = pathlib.Path(__file__).parent / "results" / "layer_overhead.md"
+
+
+def compile_value_and_grad(loss_fn):
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.jit(jax.value_and_grad(loss_fn, argnums=0))
+    import tensorflow as tf
+
+    @tf.function(jit_compile=True)
+    def step(*args):
+        with tf.GradientTape() as tape:
+            tape.watch(args[0])
+            loss = loss_fn(*args)
+        return loss, tape.gradient(loss, args[0])
+
+    return step
+
+
+def block(result):
+    import keras
+
+    for leaf in keras.tree.flatten(result):
+        keras.ops.convert_to_numpy(leaf)
+
+
+def head_cases():
+    """(case, batch description, {variant: (loss_fn, args)}), at domain-typical sizes."""
+    import numpy as np
+    from keras import ops
+
+    import era_keras
+
+    rng = np.random.default_rng(0)
+    cases = []
+
+    for batch, classes in [(256, 10), (256, 1000)]:
+        logits = ops.convert_to_tensor(rng.standard_normal((batch, classes)), "float32")
+        labels = ops.convert_to_tensor(rng.integers(0, classes, batch), "int32")
+
+        def ce(z, y):
+            return ops.mean(ops.sparse_categorical_crossentropy(y, z, from_logits=True))
+
+        variants = {"softmax CE": (ce, (logits, labels))}
+        for inverse in ("exact", "approx"):
+            def era_ce(z, y, inverse=inverse):
+                return ce(era_keras.softmax_era(z, 0.6, inverse=inverse), y)
+            variants[f"SoftmaxERA ({inverse})"] = (era_ce, (logits, labels))
+        cases.append((f"classification D={classes}", f"batch {batch}", variants))
+
+    for batch, dim in [(256, 6), (256, 61)]:
+        mu = ops.convert_to_tensor(rng.standard_normal((batch, dim)), "float32")
+        raw = ops.convert_to_tensor(rng.standard_normal((batch, dim)), "float32")
+        noise = ops.convert_to_tensor(rng.standard_normal((batch, dim)), "float32")
+
+        def sample_loss(mu, std, noise):
+            # reparameterised tanh sample and a stand-in critic: what SAC's actor differentiates
+            return ops.mean(ops.square(ops.tanh(mu + std * noise)))
+
+        def clipped(raw, mu, noise):
+            return sample_loss(mu, ops.exp(ops.clip(raw, -8.0, 0.0)), noise)
+
+        def era(raw, mu, noise):
+            _, std = era_keras.gaussian_era(mu, raw, 0.25 * dim)
+            return sample_loss(mu, std, noise)
+
+        cases.append((
+            f"Gaussian policy D={dim}", f"batch {batch}",
+            {"clipped log-std": (clipped, (raw, mu, noise)), "GaussianERA": (era, (raw, mu, noise))},
+        ))
+
+    batch, length, vocab = 8, 128, 8192
+    logits = ops.convert_to_tensor(rng.standard_normal((batch, length, vocab)), "float32")
+    tokens = ops.convert_to_tensor(rng.integers(0, vocab, (batch, length)), "int32")
+    advantages = ops.convert_to_tensor(rng.standard_normal(batch), "float32")
+    mask = ops.ones((batch, length))
+
+    def pg_loss(log_probs, adv):
+        return -ops.sum(log_probs * adv) / ops.sum(mask)
+
+    def plain(z, t, a):
+        return pg_loss(era_keras.token_log_probs(z, t), a[:, None])
+
+    layer = era_keras.LogitERA()
+
+    def era(z, t, a):
+        out = layer((z, t, a, mask))
+        return pg_loss(out["log_probs"], out["advantages"])
+
+    cases.append((
+        f"GRPO token loss V={vocab}", f"{batch}x{length} tokens",
+        {"log-softmax PG": (plain, (logits, tokens, advantages)), "LogitERA": (era, (logits, tokens, advantages))},
+    ))
+    return cases
+
+
+def time_interleaved(variants, repeats):
+    import numpy as np
+
+    compiled = {name: compile_value_and_grad(fn) for name, (fn, _) in variants.items()}
+    for name, (_, args) in variants.items():
+        for _ in range(3):  # compile and warm up
+            block(compiled[name](*args))
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, (_, args) in variants.items():
+            start = time.perf_counter()
+            block(compiled[name](*args))
+            times[name].append(time.perf_counter() - start)
+    return {name: np.array(t) for name, t in times.items()}
+
+
+def resnet_step_times(batch, repeats, image_size=160):
+    import keras
+    import numpy as np
+
+    import era_keras
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, image_size, image_size, 3)).astype("float32")
+    y = rng.integers(0, 1000, batch)
+    models = {}
+    for name in ("softmax head", "SoftmaxERA head"):
+        keras.utils.set_random_seed(0)
+        base = keras.applications.ResNet50(
+            weights=None, include_top=False, pooling="avg", input_shape=x.shape[1:]
+        )
+        logits = keras.layers.Dense(1000)(base.output)
+        if name == "SoftmaxERA head":
+            logits = era_keras.SoftmaxERA(0.6)(logits)
+        model = keras.Model(base.input, logits)
+        model.compile(
+            keras.optimizers.SGD(0.01, momentum=0.9),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=True,
+        )
+        for _ in range(2):
+            model.train_on_batch(x, y)
+        models[name] = model
+    times = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.train_on_batch(x, y)
+            times[name].append(time.perf_counter() - start)
+    return {name: np.array(t) for name, t in times.items()}
+
+
+def summarise(times):
+    import numpy as np
+
+    names = list(times)
+    base = names[0]
+    rows = []
+    for name in names:
+        ratio = times[name] / times[base]
+        rows.append({
+            "variant": name,
+            "median_ms": float(np.median(times[name]) * 1e3),
+            "ratio": float(np.median(times[name]) / np.median(times[base])),
+            "ratio_q25": float(np.quantile(ratio, 0.25)),
+            "ratio_q75": float(np.quantile(ratio, 0.75)),
+        })
+    return rows
+
+
+def run_backend(args):
+    """Child process: one backend, prints JSON results."""
+    import keras
+
+    results = {"backend": keras.backend.backend(), "heads": [], "resnet": None}
+    for case, size, variants in head_cases():
+        results["heads"].append(
+            {"case": case, "size": size, "rows": summarise(time_interleaved(variants, args.repeats))}
+        )
+    if args.resnet_batch:
+        results["resnet"] = {
+            "size": f"batch {args.resnet_batch}, 160x160x3, 1000 classes",
+            "rows": summarise(resnet_step_times(args.resnet_batch, args.resnet_repeats)),
+        }
+    print("RESULT " + json.dumps(results))
+
+
+def format_table(all_results, command):
+    lines = [
+        "# ERA layer overhead (forward + backward)",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Machine: shared 2-core CPU, no GPU; other jobs were running, so absolute times are",
+        "noisy. Variants of a case ran interleaved round by round; `ratio` is the ratio of",
+        "medians to the case's first (plain) variant, with the 25-75% range of per-round ratios.",
+        "",
+    ]
+    for res in all_results:
+        lines += [f"## Backend: {res['backend']}", "",
+                  "| case | size | variant | median ms | ratio | ratio 25-75% |",
+                  "|---|---|---|---|---|---|"]
+        for head in res["heads"]:
+            for row in head["rows"]:
+                lines.append(
+                    f"| {head['case']} | {head['size']} | {row['variant']} | {row['median_ms']:.3f} "
+                    f"| {row['ratio']:.2f} | {row['ratio_q25']:.2f}-{row['ratio_q75']:.2f} |"
+                )
+        if res["resnet"]:
+            lines += ["", f"ResNet-50 training step ({res['resnet']['size']}, SGD, XLA/jit):", "",
+                      "| head | median ms | ratio | ratio 25-75% |", "|---|---|---|---|"]
+            for row in res["resnet"]["rows"]:
+                lines.append(
+                    f"| {row['variant']} | {row['median_ms']:.1f} | {row['ratio']:.3f} "
+                    f"| {row['ratio_q25']:.3f}-{row['ratio_q75']:.3f} |"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--resnet-batch", type=int, default=16, help="0 skips the ResNet-50 step")
+    parser.add_argument("--resnet-repeats", type=int, default=8)
+    parser.add_argument("--backends", default="tensorflow,jax")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        run_backend(args)
+        return
+    command = "python benchmarks/layer_overhead.py " + " ".join(sys.argv[1:])
+    all_results = []
+    for backend in args.backends.split(","):
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", *sys.argv[1:]],
+            env=env, capture_output=True, text=True, check=True,
+        ).stdout
+        all_results.append(json.loads(out.split("RESULT ", 1)[1]))
+    table = format_table(all_results, command.strip())
+    print(table)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
