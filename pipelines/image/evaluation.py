@@ -47,18 +47,44 @@ def pre_era_model(model):
     return keras.Model(model.inputs, model.get_layer("logits").output)
 
 
-def era_on_and_off(model, ds, head):
-    """For an ERA head: logits with the floor applied and without it, over `ds`."""
-    raw = predict_logits(pre_era_model(model), ds)
-    with_floor = keras.ops.convert_to_numpy(
-        era_keras.softmax_era(
-            raw.astype(np.float32),
-            head.target_entropy,
-            inverse=head.era_inverse,
-            floor=head.era_floor,
-        )
+def with_era_floor(raw_logits, head):
+    """ERA logits of the head's setting for pre-ERA logits (float64 numpy)."""
+    era_logits = era_keras.softmax_era(
+        np.asarray(raw_logits, np.float32),
+        head.target_entropy,
+        inverse=head.era_inverse,
+        floor=head.era_floor,
     )
-    return {"era_on": with_floor.astype(np.float64), "era_off": raw}
+    return keras.ops.convert_to_numpy(era_logits).astype(np.float64)
+
+
+def final_report(model, head, validation_ds, test_ds, calibrate=True):
+    """Test metrics of the served probabilities, before and after temperature scaling.
+
+    The temperature is fitted by NLL on the validation split. For ERA heads the report
+    also has the floor on and off at inference (`*_era_on`, `*_era_off`), whichever the
+    model serves, each with its own fitted temperature. Returns (metrics, temperature of
+    the served probabilities).
+    """
+    validation_labels = data.integer_labels(validation_ds)
+    test_labels = data.integer_labels(test_ds)
+    variants = {"": (predict_logits(model, validation_ds), predict_logits(model, test_ds))}
+    if head.uses_era:
+        raw_model = pre_era_model(model)
+        raw = (predict_logits(raw_model, validation_ds), predict_logits(raw_model, test_ds))
+        variants["_era_on"] = tuple(with_era_floor(logits, head) for logits in raw)
+        variants["_era_off"] = raw
+    metrics = {}
+    for suffix, (validation_logits, test_logits) in variants.items():
+        temperature = 1.0
+        if calibrate:
+            temperature = era_keras.fit_temperature(validation_logits, validation_labels)
+        before = classification_metrics(test_logits, test_labels)
+        after = classification_metrics(test_logits, test_labels, temperature)
+        metrics.update({f"test/{k}{suffix}": v for k, v in before.items()})
+        metrics.update({f"test/{k}{suffix}_calibrated": after[k] for k in ("nll", "ece", "entropy_mean")})
+        metrics[f"temperature{suffix}"] = temperature
+    return metrics, metrics["temperature"]
 
 
 class EpochMetrics(keras.callbacks.Callback):

@@ -108,19 +108,26 @@ def train(config):
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _train(config):
-    config.validate()
-    head = config.head_config()
+@dataclasses.dataclass
+class Inputs:
+    """Everything a run reads: the builder, its facts, and the three tf.data pipelines."""
+
+    builder: object
+    info: data.DatasetInfo
+    steps_per_epoch: int
+    train: object
+    validation: object
+    test: object
+    mean: list
+    variance: list
+
+
+def prepare_inputs(config):
+    """The data side of a run; fails clearly if the dataset is unknown or not prepared."""
     builder = data.get_builder(config.dataset, config.data_dir)
     info = data.dataset_info(builder, config.image_size)
-    floor = head.validate(info.num_classes)
-    train_examples = data.num_examples(builder, config.train_split)  # fails if not prepared
+    train_examples = data.num_examples(builder, config.train_split)
     steps_per_epoch = config.steps_per_epoch or max(1, train_examples // config.batch_size)
-    run_dir = prepare_run_dir(config)
-
-    keras.utils.set_random_seed(config.seed)
-    strategy = make_strategy(config.strategy)
-
     train_ds = data.train_pipeline(
         builder,
         info,
@@ -133,48 +140,79 @@ def _train(config):
         cache=config.cache,
         seed=config.seed,
     )
-    validation_ds = data.eval_pipeline(builder, info, config.validation_split, 256, config.cache)
-    test_ds = data.eval_pipeline(builder, info, config.test_split, 256, config.cache)
-    validation_labels = data.integer_labels(validation_ds)
     mean, variance = data.channel_statistics(builder, info, config.train_split)
+    return Inputs(
+        builder=builder,
+        info=info,
+        steps_per_epoch=steps_per_epoch,
+        train=train_ds,
+        validation=data.eval_pipeline(builder, info, config.validation_split, 256, config.cache),
+        test=data.eval_pipeline(builder, info, config.test_split, 256, config.cache),
+        mean=mean,
+        variance=variance,
+    )
 
+
+def compiled_model(config, inputs, strategy=None):
+    """The classifier for `config`, compiled under `strategy`; returns (model, schedule)."""
+    strategy = strategy or tf.distribute.get_strategy()
+    head = config.head_config()
+    info = inputs.info
     with strategy.scope():
         model = build_classifier(
-            info.image_shape, info.num_classes, config.backbone, head, mean, variance, config.width
+            info.image_shape,
+            info.num_classes,
+            config.backbone,
+            head,
+            inputs.mean,
+            inputs.variance,
+            config.width,
         )
-        schedule = learning_rate_schedule(config, steps_per_epoch)
-        optimizer = make_optimizer(config, schedule)
+        schedule = learning_rate_schedule(config, inputs.steps_per_epoch)
         model.compile(
-            optimizer=optimizer,
+            optimizer=make_optimizer(config, schedule),
             loss=head_loss(head),
             metrics=[
                 keras.metrics.CategoricalAccuracy(name="accuracy"),
                 keras.metrics.TopKCategoricalAccuracy(k=min(5, info.num_classes), name="top5"),
             ],
         )
+    return model, schedule
+
+
+def _train(config):
+    config.validate()
+    head = config.head_config()
+    inputs = prepare_inputs(config)
+    floor = head.validate(inputs.info.num_classes)
+    run_dir = prepare_run_dir(config)
+    keras.utils.set_random_seed(config.seed)
+    strategy = make_strategy(config.strategy)
+    model, schedule = compiled_model(config, inputs, strategy)
 
     with tracking.tracked_run(config.experiment, config, run_dir, config.tracking_uri) as run:
         import mlflow
 
-        mlflow.log_params(_setting_params(info, floor, head, steps_per_epoch, strategy))
+        mlflow.log_params(
+            _setting_params(inputs.info, floor, head, inputs.steps_per_epoch, strategy)
+        )
         epoch_metrics = evaluation.EpochMetrics(
-            validation_ds,
-            validation_labels,
-            learning_rate_fn=lambda: schedule(optimizer.iterations),
+            inputs.validation,
+            data.integer_labels(inputs.validation),
+            learning_rate_fn=lambda: schedule(model.optimizer.iterations),
         )
         callbacks = [
             epoch_metrics,
             keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         ]
         model.fit(
-            train_ds,
+            inputs.train,
             epochs=config.epochs,
-            steps_per_epoch=steps_per_epoch,
+            steps_per_epoch=inputs.steps_per_epoch,
             callbacks=callbacks,
             verbose=_verbosity(config),
         )
-        summary = finish(config, run, run_dir, model, head, info, validation_ds, test_ds)
-    return summary
+        return finish(config, run, run_dir, model, head, inputs)
 
 
 def _setting_params(info, floor, head, steps_per_epoch, strategy):
@@ -196,26 +234,14 @@ def _setting_params(info, floor, head, steps_per_epoch, strategy):
     return params
 
 
-def finish(config, run, run_dir, model, head, info, validation_ds, test_ds):
+def finish(config, run, run_dir, model, head, inputs):
     """After fit: calibration, test metrics, saved model, curves, MLflow model, export."""
     import mlflow
 
-    validation_logits = evaluation.predict_logits(model, validation_ds)
-    validation_labels = data.integer_labels(validation_ds)
-    test_logits = evaluation.predict_logits(model, test_ds)
-    test_labels = data.integer_labels(test_ds)
-
-    temperature = 1.0
-    if config.calibrate:
-        temperature = era_keras.fit_temperature(validation_logits, validation_labels)
-    metrics = {f"test/{k}": v for k, v in evaluation.classification_metrics(test_logits, test_labels).items()}
-    calibrated = evaluation.classification_metrics(test_logits, test_labels, temperature)
-    metrics.update({f"test/{k}_calibrated": calibrated[k] for k in ("nll", "ece", "entropy_mean")})
-    metrics["temperature"] = temperature
-    if head.uses_era:
-        for mode, logits in evaluation.era_on_and_off(model, test_ds, head).items():
-            scores = evaluation.classification_metrics(logits, test_labels)
-            metrics.update({f"test/{k}_{mode}": scores[k] for k in ("top1", "nll", "ece")})
+    info = inputs.info
+    metrics, temperature = evaluation.final_report(
+        model, head, inputs.validation, inputs.test, config.calibrate
+    )
     mlflow.log_metrics(metrics)
 
     model.save(run_dir / MODEL_FILE)
@@ -227,10 +253,10 @@ def finish(config, run, run_dir, model, head, info, validation_ds, test_ds):
         xlabel="epoch",
     )
 
-    class_names = builder_class_names(config, info)
+    class_names = _class_names(inputs.builder, info)
     metadata = export.serving_metadata(head, temperature, info.image_shape, class_names)
     if config.log_model:
-        _log_keras_model(model, validation_ds, metadata)
+        _log_keras_model(model, inputs.validation, metadata)
     export_base = config.export_base or str(run_dir / "serving")
     model_name = config.model_name or f"{config.dataset}_{config.backbone}_{config.head}"
     export_dir = export.export_for_serving(model, export_base, model_name, info.image_shape, metadata)
@@ -245,8 +271,7 @@ def finish(config, run, run_dir, model, head, info, validation_ds, test_ds):
     return summary
 
 
-def builder_class_names(config, info):
-    builder = data.get_builder(config.dataset, config.data_dir)
+def _class_names(builder, info):
     names = builder.info.features["label"].names
     return names if len(names) == info.num_classes else [str(i) for i in range(info.num_classes)]
 
