@@ -131,6 +131,15 @@ class FlatFloat32Observations(wrappers.PyEnvironmentBaseWrapper):
         return self._flatten(self._env.step(action))
 
 
+def native_action_bounds(env):
+    """The (low, high) lists that UnitActions maps [-1, 1] onto, found in `env`'s wrappers."""
+    while env is not None:
+        if isinstance(env, UnitActions):
+            return env._low.tolist(), env._high.tolist()
+        env = getattr(env, "_env", None)
+    raise ValueError("No UnitActions wrapper: was the env made by load_environment?")
+
+
 def dm_control_tasks():
     """DMC ids available here, as `<domain>-<task>`."""
     from dm_control import suite

@@ -68,6 +68,7 @@ class SacRun:
                 config.env, config.seed + 10_000, config.action_repeat, config.time_limit
             )
         )
+        self.action_bounds = envs.native_action_bounds(self.env.pyenv.envs[0])
         self.env_step = tf.Variable(0, dtype=tf.int64, name="env_step")
         self.agent = make_agent(
             config,
@@ -152,22 +153,32 @@ class SacRun:
         return {"eval/return": float(metrics[0].result()),
                 "eval/episode_length": float(metrics[1].result())}
 
-    def export(self, export_dir):
-        """The deterministic policy as a SavedModel with TF-Agents' `action` signature."""
-        saver = policy_saver.PolicySaver(
+    def export(self, export_base, model_name):
+        """The deterministic policy as a SavedModel in TF Serving's layout.
+
+        PolicySaver writes TF-Agents' signatures (`action`, ...) to `<run_dir>/policy`;
+        serving.export copies that into `<export_base>/<model_name>/<next version>/` with
+        `action` also as `serving_default`, and refreshes `<export_base>/models.config`.
+        Returns the version directory.
+        """
+        from serving.export import copy_into_layout
+
+        saved_model_dir = pathlib.Path(self.config.run_dir) / "policy"
+        policy_saver.PolicySaver(
             greedy_policy.GreedyPolicy(self.agent.policy),
             batch_size=None,
             train_step=self.agent.train_step_counter,
-        )
-        saver.save(str(export_dir))
-        spec = self.env.pyenv.envs[0].action_spec()
+        ).save(str(saved_model_dir))
         tracking.write_json(
-            pathlib.Path(export_dir) / "assets.extra" / "action_space.json",
+            saved_model_dir / "assets.extra" / "action_space.json",
             {"env": self.config.env, "policy_action_range": [-1.0, 1.0],
-             "note": "actions are in [-1, 1]; rescale to the env's own bounds",
-             "shape": list(spec.shape)},
+             "env_action_low": self.action_bounds[0], "env_action_high": self.action_bounds[1],
+             "note": "the policy acts in [-1, 1]; the env gets low + (a + 1) / 2 * (high - low)"},
         )
-        return export_dir
+        version_dir, _ = copy_into_layout(
+            saved_model_dir, export_base, model_name, signature_name="action"
+        )
+        return version_dir
 
 
 def loss_metrics(loss_info):
@@ -207,7 +218,6 @@ def log_learning_curves(run_id):
 def train(config, tracking_uri=None, run_name=None):
     """Train (or resume) one run; returns a dict of final metrics and paths."""
     import mlflow
-    from serving.layout import version_dir
 
     run_dir = pathlib.Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -258,7 +268,7 @@ def train(config, tracking_uri=None, run_name=None):
         progress.close()
 
         export_base = pathlib.Path(config.export_base or run_dir / "export")
-        export_dir = run.export(version_dir(export_base, config.model_name))
+        export_dir = run.export(export_base, config.model_name)
         mlflow.log_artifacts(str(export_dir), artifact_path="policy")
         log_learning_curves(active.info.run_id)
         result = {

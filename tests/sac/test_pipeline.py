@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from pipelines.sac import cli
+from serving.export import check_loads_standalone
 from pipelines.sac.config import SacConfig, from_preset
 from pipelines.sac.train import SacRun, train
 
@@ -70,6 +71,12 @@ def test_mujoco_end_to_end_tracks_exports_and_keeps_the_floor(tmp_path, tracking
     assert export_dir.parent.name == "era_sac_policy" and export_dir.name == "1"
     actions = load_policy_in_fresh_process(export_dir, observation_size=17)
     assert actions.shape == (3, 6) and np.all(np.abs(actions) <= 1.0)
+    # As TF Serving runs it (serving_default = action), in a process without tfp/TF-Agents.
+    outputs = check_loads_standalone(export_dir)
+    assert np.asarray(outputs["action"]).shape[-1] == 6
+    assert (export_dir.parent.parent / "models.config").exists()
+    bounds = json.loads((export_dir / "assets.extra" / "action_space.json").read_text())
+    assert bounds["env_action_low"] == [-1.0] * 6
 
 
 @pytest.mark.slow
