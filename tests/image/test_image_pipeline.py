@@ -266,3 +266,19 @@ def test_default_run_learns_real_mnist(tmp_path, offline_data_dir, tracking_uri)
     assert summary["test/top1"] > 0.9
     assert summary["test/entropy_min"] >= 0.6 - 1e-4  # the tight floor, at inference
     assert summary["test/ece_calibrated"] < summary["test/ece"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_mirrored_strategy_and_mixed_precision_train(tracking_uri, tmp_path, offline_data_dir, precision):
+    import keras
+
+    config = tiny_config(tmp_path / "run", offline_data_dir, strategy="mirrored", mixed_precision=precision)
+    summary = training.train(config)
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+    model = keras.saving.load_model(pathlib.Path(summary["run_dir"]) / training.MODEL_FILE)
+    assert model.get_layer("resnet8").get_layer("stem_conv").compute_dtype == precision
+    assert model.get_layer("logits").compute_dtype == "float32"
+    assert np.isfinite(summary["test/nll"])
+    client, run = _run(tracking_uri, summary["run_id"])
+    assert run.data.params["train.replicas"] == "1"
