@@ -17,7 +17,8 @@ def legacy_keras_selected():
 
     assert "tf_keras" in tf.keras.layers.Dense.__module__, (
         "tf.keras was resolved to Keras 3 before tests/sac/conftest.py set "
-        "TF_USE_LEGACY_KERAS=1; run the SAC tests in their own pytest process."
+        "TF_USE_LEGACY_KERAS=1 (keras-hub/tensorflow_text do that on import); run the SAC "
+        "tests in their own pytest process, as scripts/test.sh does."
     )
 
 
