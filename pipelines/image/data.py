@@ -148,7 +148,11 @@ def train_pipeline(
             lambda images, labels: (augmenter(tf.cast(images, tf.float32)), labels),
             AUTOTUNE,
         )
-    return ds.map(_to_model_inputs(info.num_classes), AUTOTUNE).prefetch(AUTOTUNE)
+    ds = ds.map(_to_model_inputs(info.num_classes), AUTOTUNE).prefetch(AUTOTUNE)
+    # Small TFDS datasets have one file, which cannot be sharded across workers by file.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
 
 
 def eval_pipeline(builder, info, split, batch_size, cache=True):

@@ -182,12 +182,13 @@ def compiled_model(config, inputs, strategy=None):
 
 def _train(config):
     config.validate()
+    # First: multi-worker collectives must be set up before any other TensorFlow op.
+    strategy = make_strategy(config.strategy)
     head = config.head_config()
     inputs = prepare_inputs(config)
     floor = head.validate(inputs.info.num_classes)
     run_dir = prepare_run_dir(config)
     keras.utils.set_random_seed(config.seed)
-    strategy = make_strategy(config.strategy)
     model, schedule = compiled_model(config, inputs, strategy)
 
     with tracking.tracked_run(config.experiment, config, run_dir, config.tracking_uri) as run:
