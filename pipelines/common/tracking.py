@@ -46,7 +46,10 @@ def tracked_run(experiment, config, run_dir=None, tracking_uri=None, run_name=No
     import mlflow
 
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-    mlflow.set_experiment(experiment)
+    # Under `mlflow run`, MLflow has already made the run (MLFLOW_RUN_ID) in the experiment
+    # the user chose; start_run picks it up, and would refuse it after set_experiment.
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        mlflow.set_experiment(experiment)
     run_id = None
     id_file = pathlib.Path(run_dir) / RUN_ID_FILE if run_dir else None
     if id_file is not None and id_file.exists():

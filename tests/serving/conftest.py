@@ -4,6 +4,12 @@ import numpy as np
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp_dir(tmp_path, monkeypatch):
+    """MLflow's SQLite stores put artifacts in ./mlruns: keep them out of the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
 def build_era_classifier(seed=0):
     """A tiny image classifier whose last layer is softmax ERA (random init)."""
     import keras

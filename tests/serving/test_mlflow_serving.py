@@ -31,8 +31,8 @@ def served(era_classifier, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("mlflow_serving")
     tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment("serving-test")
-    with mlflow.start_run():
+    experiment = mlflow.create_experiment("serving", artifact_location=str(workdir / "artifacts"))
+    with mlflow.start_run(experiment_id=experiment):
         model_uri = log_saved_model(era_classifier.path).model_uri
     port = _free_port()
     venv_bin = str(pathlib.Path(sys.executable).parent)  # the server runs uvicorn from here

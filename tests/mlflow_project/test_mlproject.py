@@ -1,0 +1,120 @@
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+import tomllib
+
+import mlflow
+import pytest
+from mlflow.projects._project_spec import load_project
+from mlflow.utils.environment import _PythonEnv
+
+from pipelines.common.tracking import tracked_run
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+PROJECT = REPO / "mlflow_project"
+ENTRY_MODULES = {
+    "image": "pipelines.image",
+    "sac": "pipelines.sac",
+    "grpo": "pipelines.grpo",
+    "export": "serving.export",
+}
+
+
+def _module_parser(entry):
+    """The argparse parser behind `python -m <module>` (no TensorFlow import needed)."""
+    if entry == "image":
+        from pipelines.image.__main__ import build_parser
+    elif entry == "sac":
+        from pipelines.sac.cli import build_parser
+    elif entry == "grpo":
+        from pipelines.grpo.__main__ import _parser as build_parser
+    else:
+        from serving.export import build_parser
+    return build_parser()
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_MODULES))
+def test_entry_point_command_parses_with_its_module_cli(entry):
+    point = load_project(str(PROJECT)).get_entry_point(entry)
+    for name, param in point.parameters.items():
+        assert param.type in ("string", "float", "path", "uri"), (name, param.type)
+    values = {name: param.default for name, param in point.parameters.items()
+              if param.default is not None}
+    if entry == "export":  # its required parameters
+        values.update(run_id="0" * 32, model_name="digits")
+    command = point.compute_command(values, storage_dir=None)
+    prefix = "cd .. && "
+    assert command.startswith(prefix)
+    module_call = f"python -m {ENTRY_MODULES[entry]} "
+    assert module_call in command
+    words = shlex.split(command.split(module_call, 1)[1])
+    try:
+        _module_parser(entry).parse_args(words)  # unknown options, bad types, choices
+    except SystemExit as error:
+        pytest.fail(f"`{module_call}{' '.join(words)}` does not parse: exit {error.code}")
+
+
+def test_python_env_lists_what_the_pipelines_need():
+    env = _PythonEnv.from_yaml(str(PROJECT / "python_env.yaml"))
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    needed = set(pyproject["dependencies"])
+    for extra in ("image", "sac", "grpo", "serving"):
+        needed.update(pyproject["optional-dependencies"][extra])
+    assert set(env.dependencies) - {"-c constraints.txt"} == needed
+    assert (PROJECT / "constraints.txt").resolve() == REPO / "constraints.txt"
+
+
+def test_tracked_run_logs_into_the_run_mlflow_run_made(tracking_uri, monkeypatch):
+    mlflow.set_tracking_uri(tracking_uri)
+    outer = mlflow.MlflowClient().create_run(
+        mlflow.create_experiment("chosen by mlflow run")).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", outer)
+    with tracked_run("image", {"epochs": 1}) as run:
+        mlflow.log_metric("loss", 0.5)
+    assert run.info.run_id == outer
+    assert mlflow.MlflowClient().get_run(outer).data.params == {"epochs": "1"}
+
+
+@pytest.mark.slow
+def test_mlflow_run_image_then_export_end_to_end(tmp_path, tracking_uri):
+    """`mlflow run` of the image entry point with tiny settings, then of export on its run."""
+    env = dict(os.environ, PATH=f"{pathlib.Path(sys.executable).parent}{os.pathsep}"
+               f"{os.environ.get('PATH', '')}")
+    mlflow_cli = str(pathlib.Path(sys.executable).parent / "mlflow")
+
+    def mlflow_run(*args):
+        result = subprocess.run(
+            [mlflow_cli, "run", str(PROJECT), "--env-manager", "local", *args],
+            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+        return result
+
+    mlflow_run(
+        "-e", "image", "--experiment-name", "project",
+        "-P", "dataset=sklearn_digits", "-P", "backbone=resnet8", "-P", "epochs=1",
+        "-P", "batch_size=32", "-P", f"data-dir={tmp_path / 'tfds'}",
+        "-P", f"run-dir={tmp_path / 'run'}", "-P", "steps-per-epoch=2",
+        "-P", "width=4",
+    )
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("project")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.project.entryPoint"] == "image"
+    assert "test/top1" in run.data.metrics  # the pipeline logged into the project's run
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"saved_model"}
+
+    mlflow_run(
+        "-e", "export", "--experiment-name", "project",
+        "-P", f"run_id={run.info.run_id}", "-P", "model_name=digits",
+        "-P", f"export_base={tmp_path / 'exports'}",
+    )
+    assert (tmp_path / "exports" / "digits" / "1" / "saved_model.pb").is_file()
+    assert "base_path" in (tmp_path / "exports" / "models.config").read_text()
+    logged = mlflow.search_logged_models(
+        experiment_ids=[experiment.experiment_id], output_format="list")
+    servables = [m.source_run_id for m in logged if m.name == "servable"]
+    assert servables == [run.info.run_id]  # `mlflow models serve` can serve it now
