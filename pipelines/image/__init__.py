@@ -8,6 +8,8 @@ and `classifier` (the model), `training` (fit, resume, finish), `evaluation` (me
 
 from pipelines.image.config import ImageConfig
 
+__all__ = ["ImageConfig", "train"]
+
 
 def train(config):
     """Run the pipeline for an ImageConfig; see `pipelines.image.training.train`."""

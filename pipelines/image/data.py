@@ -12,6 +12,8 @@ that the loss can apply label smoothing.
 import dataclasses
 import difflib
 
+import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -166,8 +168,6 @@ def eval_pipeline(builder, info, split, batch_size, cache=True):
 
 
 def _randaugment(seed):
-    import keras
-
     # keras' RandAugment works on pixel values; 2 ops of magnitude ~0.5 per image, the
     # CIFAR setting of Cubuk et al. (2020).
     return keras.layers.RandAugment(
@@ -210,7 +210,5 @@ def images_only(ds):
 
 def integer_labels(ds):
     """All labels of a one-pass dataset as an int numpy array, in dataset order."""
-    import numpy as np
-
     parts = [tf.argmax(labels, axis=-1).numpy() for _, labels in ds]
     return np.concatenate(parts).astype(np.int64)

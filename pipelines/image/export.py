@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from pipelines.image import data
+from pipelines.image.heads import served_probabilities
 from serving import layout
 
 METADATA_FILE = "serving_metadata.json"
@@ -38,8 +39,6 @@ def serving_metadata(head, temperature, image_shape, class_names):
 
 
 def _describe(head, temperature):
-    from pipelines.image.heads import served_probabilities
-
     base = served_probabilities(head)
     return base if temperature == 1.0 else f"{base} / temperature {temperature:.4f}"
 
