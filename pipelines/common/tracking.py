@@ -61,7 +61,9 @@ def tracked_run(experiment, config, run_dir=None, tracking_uri=None, run_name=No
         config_dict = config_to_dict(config)
         if run_id is None:
             params = {k: str(v)[:500] for k, v in flatten(config_dict).items()}
-            mlflow.log_params(params)
+            # Under `mlflow run` the run already holds the entry point's parameters as
+            # typed ("1e-3", "--era"); MLflow refuses to change a param, so those stay.
+            mlflow.log_params({k: v for k, v in params.items() if k not in run.data.params})
             mlflow.log_dict(config_dict, "config.json")
         yield run
 

@@ -70,11 +70,13 @@ def test_tracked_run_logs_into_the_run_mlflow_run_made(tracking_uri, monkeypatch
     mlflow.set_tracking_uri(tracking_uri)
     outer = mlflow.MlflowClient().create_run(
         mlflow.create_experiment("chosen by mlflow run")).info.run_id
+    mlflow.MlflowClient().log_param(outer, "learning_rate", "1e-1")  # as `-P` typed it
     monkeypatch.setenv("MLFLOW_RUN_ID", outer)
-    with tracked_run("image", {"epochs": 1}) as run:
+    with tracked_run("image", {"epochs": 1, "learning_rate": 0.1}) as run:
         mlflow.log_metric("loss", 0.5)
     assert run.info.run_id == outer
-    assert mlflow.MlflowClient().get_run(outer).data.params == {"epochs": "1"}
+    params = mlflow.MlflowClient().get_run(outer).data.params
+    assert params == {"epochs": "1", "learning_rate": "1e-1"}
 
 
 @pytest.mark.slow
@@ -95,7 +97,7 @@ def test_mlflow_run_image_then_export_end_to_end(tmp_path, tracking_uri):
     mlflow_run(
         "-e", "image", "--experiment-name", "project",
         "-P", "dataset=sklearn_digits", "-P", "backbone=resnet8", "-P", "epochs=1",
-        "-P", "batch_size=32", "-P", f"data-dir={tmp_path / 'tfds'}",
+        "-P", "batch_size=32", "-P", "learning_rate=1e-1", "-P", f"data-dir={tmp_path / 'tfds'}",
         "-P", f"run-dir={tmp_path / 'run'}", "-P", "steps-per-epoch=2",
         "-P", "width=4",
     )
