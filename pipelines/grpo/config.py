@@ -37,7 +37,7 @@ class GRPOConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_prompt_tokens: int = 24
-    max_new_tokens: int = 20
+    max_new_tokens: int = 28
     # Optimisation.
     learning_rate: float = 1e-4
     clip_epsilon: float = 1.0

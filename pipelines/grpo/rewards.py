@@ -9,7 +9,8 @@ A reward is any callable `reward(completion: str, reference: str) -> float`. Bui
 - `digit_sum_reward`: for the many-answers task; the reference "<digits>:<sum>" accepts
   any number with that many digits (no leading zero) whose digits add up to the sum.
 
-`get_reward("math")` looks a built-in up by name; "package.module:function" imports one.
+`get_reward("math")` looks a reward up by name (built-in or added with `register_reward`);
+"package.module:function" imports one.
 """
 
 import fractions
@@ -89,6 +90,13 @@ def digit_sum_reward(completion, reference):
 
 
 REWARDS = {"math": math_reward, "digit_sum": digit_sum_reward}
+
+
+def register_reward(name, function):
+    """Make `function(completion, reference) -> float` available as reward `name`."""
+    if not callable(function):
+        raise TypeError(f"A reward must be callable, got {type(function).__name__}.")
+    REWARDS[name] = function
 
 
 def get_reward(name):

@@ -8,7 +8,9 @@ Built-in tasks (no download; answers are exact and checkable):
 - "arithmetic": "23+48-17=" -> "23+48=71;71-17=54" (one correct answer, reward "math",
   which reads the last number). Each step is written out, so responses are 10+ tokens.
 - "digit_sum": "3 digits, sum 12:" -> "12-5=7;7-4=3;543" (many correct answers, reward
-  "digit_sum"). Collapse here shows up as lost answer diversity and pass@k.
+  "digit_sum"), with 3 or 4 digits. Collapse here shows up as lost answer diversity and
+  pass@k. There are only 57 distinct prompts, so held-out prompts are (digits, sum) pairs
+  whose sum the model has seen only with the other digit count.
 
 Each task is split into train and held-out prompts by a hash of the prompt, so held-out
 prompts are never trained on.
@@ -19,6 +21,7 @@ JSONL files hold one JSON object per line, in GSM8K ("question", "answer" ending
 """
 
 import dataclasses
+import functools
 import json
 import pathlib
 import random
@@ -55,15 +58,17 @@ def arithmetic_problem(rng, num_operands=3, max_operand=50):
     return Problem(f"{prompt}=", str(value), "math", ";".join(steps))
 
 
+@functools.lru_cache(maxsize=None)
 def digit_sum_answers(digits, total):
     """Every number with `digits` digits (no leading zero) whose digits sum to `total`."""
-    return [
+    return tuple(
         str(n) for n in range(10 ** (digits - 1), 10**digits)
         if sum(map(int, str(n))) == total
-    ]
+    )
 
 
-def digit_sum_problem(rng, digits=3):
+def digit_sum_problem(rng, digit_counts=(3, 4)):
+    digits = rng.choice(digit_counts)
     total = rng.randint(2, 9 * digits - 2)
     answer = rng.choice(digit_sum_answers(digits, total))
     # The working takes each digit off what is left: "12-5=7;7-4=3;543".

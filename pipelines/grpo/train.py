@@ -118,13 +118,19 @@ class GRPOTrainer:
             self.reference = self.causal_lm.__class__(backbone=reference_backbone,
                                                       preprocessor=None)
 
-    def run_warm_start(self):
+    def run_warm_start(self, verbose="auto"):
         c = self.config
+        if c.task not in BUILTIN_TASKS:
+            raise ValueError(
+                "The supervised warm start needs worked solutions, which only the built-in "
+                f"tasks ({', '.join(BUILTIN_TASKS)}) have; pass --warm-start-steps 0 for JSONL "
+                "data (and a model that already solves some of it)."
+            )
         problems = builtin_problems(c.task, "train", c.warm_start_steps * c.warm_start_batch_size,
                                     c.seed + 7, c.held_out_fraction)
         return warm_start(self.causal_lm, problems, c.warm_start_batch_size,
                           c.warm_start_learning_rate,
-                          c.max_prompt_tokens + c.max_new_tokens, seed=c.seed)
+                          c.max_prompt_tokens + c.max_new_tokens, seed=c.seed, verbose=verbose)
 
     # --- one GRPO step -------------------------------------------------------------
     def sample_prompts(self, step):
@@ -236,11 +242,14 @@ class GRPOTrainer:
             info = self._train_step(batch, old, ref)
         return info
 
-    def train_step_metrics(self, rollout, rewards, info, seconds):
+    def train_step_metrics(self, rollout, rewards, advantages, info, seconds):
         h = np.asarray(info.extra["response_entropy"])
         c = self.config
         groups = rewards.reshape(-1, c.group_size)
         tokens = float(rollout.response_mask.sum())
+        # The loss sees tokens 1.. of each row (next-token targets): count the same ones.
+        response_tokens = rollout.response_mask[:, 1:]
+        positive_tokens = float((response_tokens * (advantages[:, None] > 0)).sum())
         return {
             "reward": float(rewards.mean()),
             "accuracy": float((rewards > 0).mean()),
@@ -254,6 +263,7 @@ class GRPOTrainer:
             "share_above_omega_high": float((h > c.omega_high).mean()),
             "share_tokens_scaled_up": float(info.extra["share_scaled_up"]),
             "share_tokens_scaled_down": float(info.extra["share_scaled_down"]),
+            "share_tokens_positive_advantage": positive_tokens / max(response_tokens.sum(), 1),
             "loss": float(info.loss),
             "policy_loss": float(info.extra["policy_loss"]),
             "kl": float(info.extra["kl"]),
@@ -273,10 +283,13 @@ class GRPOTrainer:
         step = self.step + 1
         start = time.perf_counter()
         rollout, rewards, advantages = self.rollout(step)
+        sampled = time.perf_counter()
         info = self.update(rollout, advantages)
         info = type(info)(ops.convert_to_numpy(info.loss),
                           {k: ops.convert_to_numpy(v) for k, v in info.extra.items()})
-        metrics = self.train_step_metrics(rollout, rewards, info, time.perf_counter() - start)
+        end = time.perf_counter()
+        metrics = self.train_step_metrics(rollout, rewards, advantages, info, end - start)
+        metrics["rollout_seconds"], metrics["update_seconds"] = sampled - start, end - sampled
         self.step = step
         return metrics
 
@@ -353,7 +366,7 @@ def run(config, tracking_uri=None, export=True, model_name="grpo_policy", progre
                      run_name=config.run_name) as active:
         if checkpoint is None:
             if config.warm_start_steps:
-                history = trainer.run_warm_start()
+                history = trainer.run_warm_start(verbose="auto" if progress else 0)
                 mlflow.log_metric("warm_start_loss", history["loss"][-1])
             trainer.prepare_sampling()
             trainer.history.append({"step": 0, **trainer.evaluate()})

@@ -10,34 +10,53 @@ import numpy as np
 
 
 def warm_start_examples(causal_lm, problems, sequence_length):
-    """(x, y, sample_weight) arrays: prompt + solution + end token, loss on the solution."""
+    """(x, y, sample_weight): prompt + solution + end token, loss on solution and end token.
+
+    Built from `generate_preprocess` (start token, no end token), which every keras-hub
+    CausalLM preprocessor has with the same meaning; their training `call`s differ
+    (Gemma3's takes {"prompts", "responses"}).
+    """
     preprocessor = causal_lm.preprocessor
-    texts = [p.prompt + p.solution for p in problems]
-    x, y, weights = preprocessor(texts, sequence_length=sequence_length)
-    prompt_mask = np.asarray(
-        preprocessor.generate_preprocess(
-            [p.prompt for p in problems], sequence_length=sequence_length
-        )["padding_mask"]
-    ).astype(bool)
-    # y[t] is token t + 1: it is a solution token when position t + 1 is past the prompt.
-    weights = np.asarray(weights, dtype="float32")
-    weights[:, :-1] *= ~prompt_mask[:, 1:]
-    weights[:, -1] *= ~prompt_mask[:, -1]
-    x = {key: np.asarray(value) for key, value in x.items()}
-    return x, np.asarray(y), weights
+    end_id = preprocessor.tokenizer.end_token_id
+
+    def encode(texts):
+        out = preprocessor.generate_preprocess(texts, sequence_length=sequence_length + 1)
+        return np.array(out["token_ids"]), np.array(out["padding_mask"]).astype(bool)
+
+    ids, mask = encode([p.prompt + p.solution for p in problems])
+    _, prompt_mask = encode([p.prompt for p in problems])
+    lengths = mask.sum(axis=1)
+    if (lengths > sequence_length).any():
+        raise ValueError(f"A worked solution does not fit in {sequence_length} tokens.")
+    rows = np.arange(len(problems))
+    ids[rows, lengths], mask[rows, lengths] = end_id, True
+    # Position t of x predicts y[t] = token t + 1: a target when t + 1 is past the prompt.
+    weights = (mask[:, 1:] & ~prompt_mask[:, 1:]).astype("float32")
+    x = {"token_ids": ids[:, :-1], "padding_mask": mask[:, :-1]}
+    return x, ids[:, 1:], weights
 
 
 def warm_start(causal_lm, problems, batch_size, learning_rate, sequence_length, seed=0,
                verbose="auto"):
-    """One epoch of Adam on next-token cross-entropy of the problems' solutions."""
+    """One epoch of Adam on next-token cross-entropy of the problems' solutions.
+
+    The problems are freshly drawn at random, so they need no shuffling.
+    """
     if any(p.solution is None for p in problems):
         raise ValueError(
             "The warm start needs worked solutions, which only built-in tasks have; "
             "pass --warm-start-steps 0 for JSONL data."
         )
     x, y, weights = warm_start_examples(causal_lm, problems, sequence_length)
+    steps = -(-len(y) // batch_size)
+    # Linear warm-up, then cosine decay to 0: a tiny model learning from scratch ends
+    # much more accurate than with a constant rate.
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=steps, warmup_target=learning_rate,
+        warmup_steps=max(1, steps // 20),
+    )
     causal_lm.compile(
-        optimizer=keras.optimizers.Adam(learning_rate, global_clipnorm=1.0),
+        optimizer=keras.optimizers.Adam(schedule, global_clipnorm=1.0),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="token_accuracy")],
     )
@@ -47,7 +66,7 @@ def warm_start(causal_lm, problems, batch_size, learning_rate, sequence_length, 
     preprocessor, causal_lm.preprocessor = causal_lm.preprocessor, None
     try:
         history = causal_lm.fit(
-            x, y, sample_weight=weights, batch_size=batch_size, epochs=1, shuffle=True,
+            x, y, sample_weight=weights, batch_size=batch_size, epochs=1, shuffle=False,
             verbose=verbose,
         )
     finally:

@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from pipelines.grpo.models import TINY_FAMILIES, load_causal_lm, tiny_causal_lm
+from pipelines.grpo.rollout import RolloutGenerator
+
+import keras_hub
+
+
+@pytest.fixture(scope="module", params=TINY_FAMILIES)
+def tiny_lm(request):
+    return request.param, tiny_causal_lm(request.param, num_layers=1, hidden_dim=32,
+                                         num_heads=2, sequence_length=32)
+
+
+def test_tiny_model_is_the_real_keras_hub_class_with_a_working_tokenizer(tiny_lm):
+    family, lm = tiny_lm
+    expected = {"qwen": keras_hub.models.QwenCausalLM, "qwen3": keras_hub.models.Qwen3CausalLM,
+                "gemma": keras_hub.models.GemmaCausalLM,
+                "gemma3": keras_hub.models.Gemma3CausalLM}[family]
+    assert type(lm) is expected
+    tokenizer = lm.preprocessor.tokenizer
+    text = "3 digits, sum 12:12-5=7;7-4=3;543 \\boxed{1/2}"
+    ids = tokenizer([text])
+    assert tokenizer.detokenize(ids)[0] in (text, text.encode())
+    assert len(ids[0]) == len(text)  # one token per character: responses of 10+ tokens
+    # Padding must never read as the end token, or generation stops at once.
+    assert getattr(tokenizer, "pad_token_id", 0) != tokenizer.end_token_id
+
+
+def test_rollout_masks_cover_exactly_the_generated_tokens(tiny_lm):
+    _, lm = tiny_lm
+    generator = RolloutGenerator(lm, max_prompt_tokens=12, max_new_tokens=8, samplers={
+        "train": keras_hub.samplers.TopPSampler(p=1.0, temperature=1.0, seed=1)})
+    prompts = ["12+3=", "7-2-1="]
+    _, prompt_mask = generator.encode_prompts(prompts)
+    out = generator.generate(prompts, "train", seed=5)
+    assert out.token_ids.shape == (2, 20)
+    assert not (out.response_mask & prompt_mask).any()
+    for row in range(2):
+        positions = np.flatnonzero(out.response_mask[row])
+        start = prompt_mask[row].sum()
+        assert positions[0] == start  # the response starts right after the prompt
+        np.testing.assert_array_equal(positions, np.arange(start, start + positions.size))
+    again = generator.generate(prompts, "train", seed=5)
+    np.testing.assert_array_equal(out.token_ids, again.token_ids)  # seeded sampling
+    assert out.completions == again.completions
+
+
+def test_too_long_prompt_is_refused(tiny_lm):
+    _, lm = tiny_lm
+    generator = RolloutGenerator(lm, max_prompt_tokens=4, max_new_tokens=4, samplers={})
+    with pytest.raises(ValueError, match="longer than max_prompt_tokens=4"):
+        generator.encode_prompts(["1+2+3+4="])
+
+
+def test_preset_round_trip(tmp_path):
+    lm = tiny_causal_lm("qwen3", num_layers=1, hidden_dim=32, num_heads=2)
+    lm.save_to_preset(str(tmp_path / "preset"))
+    loaded = load_causal_lm(str(tmp_path / "preset"))
+    x = {"token_ids": np.array([[5, 6, 7, 8]], "int32"), "padding_mask": np.ones((1, 4), bool)}
+    np.testing.assert_allclose(np.asarray(lm(x)), np.asarray(loaded(x)), atol=1e-5)
+
+
+def test_bad_presets_get_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_causal_lm(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_causal_lm(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="Could not load keras-hub CausalLM preset 'no_such_lm'"):
+        load_causal_lm("no_such_lm")
+    with pytest.raises(ValueError, match="Unknown tiny model family"):
+        tiny_causal_lm("llama")
