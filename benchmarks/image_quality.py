@@ -147,6 +147,39 @@ def split_sizes(config):
     )
 
 
+def verdict(records, labels, references=("softmax (baseline)", "label smoothing 0.1")):
+    """Which ERA settings beat each reference in top-1 beyond seed noise (paired 95% CI)."""
+    from scipy import stats
+
+    lines = [
+        "Verdict (paired over seeds; 95% t-interval of the mean top-1 difference, points):",
+        "",
+    ]
+    for reference in references:
+        ref = {r["seed"]: r["metrics"]["test/top1"] for r in records if r["setting"] == reference}
+        for label in labels:
+            if not label.startswith("ERA"):
+                continue
+            diffs = np.array(
+                [100 * (r["metrics"]["test/top1"] - ref[r["seed"]])
+                 for r in records if r["setting"] == label and r["seed"] in ref]
+            )
+            if len(diffs) < 2:
+                continue
+            half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs))
+            low, high = diffs.mean() - half, diffs.mean() + half
+            if low > 0:
+                word = "better"
+            elif high < 0:
+                word = "worse"
+            else:
+                word = "no difference beyond seed noise"
+            lines.append(
+                f"- {label} vs {reference}: {diffs.mean():+.2f} [{low:+.2f}, {high:+.2f}]: {word}"
+            )
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
@@ -208,6 +241,7 @@ def main():
             table(records, labels, args.seeds),
             paired_differences(records, labels, "label smoothing 0.1"),
             paired_differences(records, labels, "softmax (baseline)"),
+            verdict(records, labels),
         ]
     )
     pathlib.Path(args.out).write_text(body + "\n")
