@@ -5,6 +5,13 @@ import pytest
 from pipelines.image.config import ImageConfig
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp_dir(tmp_path, monkeypatch):
+    """Run every test from its tmp dir: MLflow puts a SQLite store's artifacts in ./mlruns
+    relative to the working directory, which must not be the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def offline_data_dir(tmp_path_factory):
     """One TFDS data_dir per test session: the offline datasets are prepared once."""

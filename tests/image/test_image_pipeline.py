@@ -48,6 +48,7 @@ def test_end_to_end_on_mock_cifar10(tracking_uri, tmp_path):
 
     client, run = _run(tracking_uri, summary["run_id"])
     assert run.data.params["dataset"] == "cifar10"
+    assert str(tmp_path) in run.info.artifact_uri  # not in the repository
     assert run.data.params["head"] == "era_label_smoothing"
     assert float(run.data.params["era.min_entropy"]) == pytest.approx(0.6, abs=1e-6)
     for key in ("val/top1", "val/top5", "val/nll", "val/ece", "val/entropy_mean", "val/entropy_min", "train/loss"):
@@ -203,14 +204,14 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert values[40] == pytest.approx(0.0, abs=1e-6)
 
 
-def _cli(args, **kwargs):
+def _cli(args):
+    """The CLI in a subprocess, run from the test's tmp dir (see conftest)."""
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines.image", *args],
-        cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        **kwargs,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
 
 
