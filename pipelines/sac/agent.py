@@ -38,6 +38,11 @@ class SacAgent(sac_agent.SacAgent):
     def alpha(self):
         return tf.exp(self._log_alpha)
 
+    @property
+    def target_entropy(self):
+        """The entropy (nats) that alpha (SAC) or delta (ERA) steers the policy towards."""
+        return self._target_entropy
+
 
 class ERASacAgent(SacAgent):
     """SAC whose actor head is Gaussian ERA; entropy terms leave the losses.
@@ -84,8 +89,9 @@ class ERASacAgent(SacAgent):
         return self._era_head.delta
 
     @property
-    def target_entropy(self):
-        return self._target_entropy
+    def entropy_floor(self):
+        """H0 + delta: the entropy of the actor's Gaussian before squashing."""
+        return self._era_head.floor
 
     def _action_distribution(self, time_steps, training):
         policy = self._train_policy if training else self._policy

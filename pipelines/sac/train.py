@@ -129,12 +129,11 @@ class SacRun:
             "entropy/pre_squash": float(tf.reduce_mean(pre_squash)),
             "entropy/pre_squash_min": float(tf.reduce_min(pre_squash)),
         }
+        stats["entropy/target"] = float(self.agent.target_entropy)
         if self.is_era:
-            stats["entropy/target"] = self.agent.target_entropy
-            stats["entropy/floor"] = float(self.agent._era_head.floor)
+            stats["entropy/floor"] = float(self.agent.entropy_floor)
             stats["delta"] = float(self.agent.delta)
         else:
-            stats["entropy/target"] = float(self.agent._target_entropy)
             stats["alpha"] = float(self.agent.alpha)
         return stats
 

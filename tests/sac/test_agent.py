@@ -40,7 +40,7 @@ def test_standard_sac_settings_are_explicit():
     agent = make_agent(tiny_config(agent="sac"), TIME_STEP_SPEC, ACTION_SPEC)
     assert isinstance(agent, SacAgent) and not isinstance(agent, ERASacAgent)
     assert agent._gamma == 0.99 and agent._target_update_tau == 0.005
-    assert agent._target_entropy == -2.0
+    assert agent.target_entropy == -2.0
     assert isinstance(agent._critic_optimizer, tf.keras.optimizers.AdamW)
 
 
