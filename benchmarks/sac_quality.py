@@ -141,6 +141,12 @@ def write_table(runs, tasks, args, command):
             f"| {per_seed} | {entropies.mean():.2f} +- {entropies.std(ddof=1) if len(mine) > 1 else 0:.2f} "
             f"| {minutes:.1f} |"
         )
+    others = [r for r in runs if r["task"] not in tasks]
+    if others:
+        lines += ["", "Runs of other tasks in `sac_quality_runs.jsonl` (same settings):", ""]
+        lines += [f"- {r['task']} {r['agent']} seed {r['seed']}: final eval return "
+                  f"{r['final_return']:.1f}, executed entropy {r['final_entropy']:.2f}"
+                  for r in others]
     lines += ["", "Curves: `sac_quality_curves.png` (one line per seed).", ""]
     return "\n".join(lines)
 
@@ -173,10 +179,20 @@ def main():
                         handle.write(json.dumps(run) + "\n")
                     print(f"{task} {agent} seed {seed}: return {run['final_return']:.1f}, "
                           f"entropy {run['final_entropy']:.2f}, {run['seconds']:.0f}s", flush=True)
-                    plot(runs, args.tasks, RESULTS / "sac_quality_curves.png")
-                    table = write_table(runs, args.tasks, args, command)
-                    (RESULTS / "sac_quality.md").write_text(table)
-    print(write_table(runs, args.tasks, args, command))
+                    write_results(runs, args, command)
+    print(write_results(runs, args, command))
+
+
+def write_results(runs, args, command):
+    """Write the table, keeping a hand-written `## Reading` section of an earlier file."""
+    path = RESULTS / "sac_quality.md"
+    table = write_table(runs, args.tasks, args, command)
+    old = path.read_text() if path.exists() else ""
+    reading = old[old.index("## Reading"):] if "## Reading" in old else ""
+    path.write_text(table + ("\n" + reading if reading else ""))
+    plot([r for r in runs if r["task"] in args.tasks], args.tasks,
+         RESULTS / "sac_quality_curves.png")
+    return table
 
 
 if __name__ == "__main__":
