@@ -92,3 +92,24 @@ def test_discrete_actions_are_refused():
 def test_bad_options(kwargs):
     with pytest.raises(ValueError):
         envs.load_environment("" if not kwargs else "Pendulum-v1", **kwargs)
+
+
+def test_ids_registered_on_import_load_as_module_colon_id(tmp_path, monkeypatch):
+    # How HumanoidBench ids load ("humanoid_bench:h1hand-run-v0"): importing the module
+    # registers the id with gymnasium.
+    (tmp_path / "my_bench.py").write_text(
+        "import gymnasium\n"
+        "gymnasium.register('MyBench-Swing-v0', "
+        "entry_point='gymnasium.envs.classic_control.pendulum:PendulumEnv', "
+        "max_episode_steps=5)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = envs.load_environment("my_bench:MyBench-Swing-v0", seed=0)
+    time_step = env.reset()
+    steps = 0
+    while not time_step.is_last():
+        time_step = env.step(np.zeros(1, np.float32))
+        steps += 1
+    assert steps == 5 and time_step.discount == 1.0
+    with pytest.raises(ValueError, match="Unknown environment id 'my_bench:Nope-v0'"):
+        envs.load_environment("my_bench:Nope-v0")
