@@ -4,10 +4,10 @@
     python -m serving.export --path runs/image/saved_model --model-name image
 
 writes `<export-base>/<model-name>/<version>/` (the next free version unless --version),
-refreshes `<export-base>/models.config`, then loads the copy with `tf.saved_model.load` in a
-process that cannot import era_keras, Keras, keras-hub or TF-Agents, and runs its
-signature on zeros, as TF Serving would. `--log-mlflow-model` also logs it as an MLflow
-model that `mlflow models serve` can serve.
+refreshes `<export-base>/models.config`, then runs the copy's serving_default on zeros the
+way TF Serving does (`serving.signature_runner`), in a process that cannot import
+era_keras, Keras, keras-hub, TF-Agents or this repository. `--log-mlflow-model` also logs
+it as an MLflow model that `mlflow models serve` can serve.
 """
 
 import argparse
@@ -153,6 +153,7 @@ def copy_into_layout(saved_model_dir, export_base, model_name, version=None,
     target = version_dir(export_base, model_name, version)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; TF Serving may run as another user
     try:
         if _has_signature(saved_model_dir, SERVING_SIGNATURE):
             shutil.copytree(saved_model_dir, staging, dirs_exist_ok=True)
@@ -270,12 +271,12 @@ def build_parser():
     parser.add_argument("--model-name", required=True, help="TF Serving model name")
     parser.add_argument("--export-base", default="exports", help="TF Serving base directory")
     parser.add_argument(
-        "--version", type=int, default=None, help="version number (default: next free)"
+        "--version", type=int, default=None, help="version number; None: the next free one"
     )
     parser.add_argument(
         "--artifact-path",
         default=None,
-        help="the SavedModel's artifact path in the run (default: the run's only one)",
+        help="the SavedModel's artifact path in the run; None: the run's only one",
     )
     parser.add_argument(
         "--signature-name",
@@ -296,8 +297,8 @@ def build_parser():
         "for --run-id, else into a new run of experiment 'serving')",
     )
     parser.add_argument(
-        "--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI "
-        "or sqlite:///mlflow.db)"
+        "--tracking-uri", default=None, help="MLflow store; None: $MLFLOW_TRACKING_URI "
+        "or sqlite:///mlflow.db"
     )
     return parser
 

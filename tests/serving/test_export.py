@@ -15,6 +15,8 @@ def test_export_from_path_loads_without_project_code_and_matches_keras(era_class
     ) == 0
     version = base / "digits" / "1"
     assert (version / "saved_model.pb").is_file()
+    assert version.stat().st_mode & 0o755 == 0o755  # readable by a server run as another user
+    assert [p.name for p in (base / "digits").iterdir()] == ["1"]  # no staging left behind
     assert "base_path: '%s'" % (base / "digits") in (base / "models.config").read_text()
     outputs = predict_standalone(version, {"images": era_classifier.images})
     # TF2's object loader (tf.saved_model.load), also without the project, agrees.

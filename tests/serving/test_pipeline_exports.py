@@ -2,7 +2,6 @@
 pipeline's own model computes: run as TF Serving runs it (MetaGraphDef + session), in a
 process that cannot import era_keras, Keras, keras-hub, TF-Agents or this repository."""
 
-import json
 import os
 import subprocess
 import sys
