@@ -263,7 +263,7 @@ class GRPOTrainer:
             "share_above_omega_high": float((h > c.omega_high).mean()),
             "share_tokens_scaled_up": float(info.extra["share_scaled_up"]),
             "share_tokens_scaled_down": float(info.extra["share_scaled_down"]),
-            "share_tokens_positive_advantage": positive_tokens / max(response_tokens.sum(), 1),
+            "share_tokens_positive_advantage": positive_tokens / max(float(response_tokens.sum()), 1.0),
             "loss": float(info.loss),
             "policy_loss": float(info.extra["policy_loss"]),
             "kl": float(info.extra["kl"]),
