@@ -26,7 +26,12 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 RUNS_FILE = RESULTS / "sac_quality_runs.jsonl"
-AGENTS = ("era", "sac")
+# Agent variants: name -> pipeline options.
+AGENTS = {
+    "era": ["--agent", "era", "--squash", "tanh"],
+    "era-truncated": ["--agent", "era", "--squash", "truncated"],
+    "sac": ["--agent", "sac"],
+}
 CURVES = ("eval/return", "entropy/executed", "entropy/pre_squash", "delta", "alpha")
 
 
@@ -34,7 +39,7 @@ def run_one(task, agent, seed, args, workdir):
     run_dir = pathlib.Path(workdir) / f"{task}-{agent}-{seed}"
     command = [
         sys.executable, "-m", "pipelines.sac", "--preset", "paper",
-        "--env", task, "--agent", agent, "--seed", str(seed),
+        "--env", task, *AGENTS[agent], "--seed", str(seed),
         "--total-env-steps", str(args.steps), "--warmup-steps", str(args.warmup),
         "--hidden-sizes", *map(str, args.hidden), "--updates-per-step", str(args.updates),
         "--buffer-size", str(args.steps), "--eval-every", str(args.eval_every),
@@ -96,13 +101,15 @@ def plot(runs, tasks, path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, len(tasks), figsize=(5 * len(tasks), 7), squeeze=False)
-    colours = {"era": "tab:red", "sac": "tab:blue"}
+    colours = {"era": "tab:red", "era-truncated": "tab:orange", "sac": "tab:blue"}
     for column, task in enumerate(tasks):
         for row, metric in enumerate(("eval/return", "entropy/executed")):
             ax = axes[row][column]
             for run in (r for r in runs if r["task"] == task):
                 xs, ys = zip(*run["curves"].get(metric, [(0, np.nan)]))
-                label = f"{run['agent']}" if run["seed"] == 0 else None
+                label = run["agent"] if run["seed"] == min(
+                    r["seed"] for r in runs if r["task"] == task and r["agent"] == run["agent"]
+                ) else None
                 ax.plot(xs, ys, color=colours[run["agent"]], alpha=0.7, label=label)
             ax.set_title(f"{task}: {metric}")
             ax.set_xlabel("env step")
@@ -126,9 +133,11 @@ def write_table(runs, tasks, args, command):
         "deterministic policy. The paper trains 1e6 steps with 512x512 nets and 2 updates per "
         "step: these runs are ~1% of that, on a shared 2-core CPU.",
         "",
-        "ERA: tanh-squashed Gaussian ERA, H0 = 0.25 nats per action dim, delta auto-tuned "
-        "towards H0 on the executed (squashed) policy's entropy. SAC: TF-Agents' SacAgent, "
-        "alpha auto-tuned towards -dim(A). Same networks, optimizers, replay and seeds.",
+        "era: tanh-squashed Gaussian ERA; era-truncated: the authors' normal truncated to "
+        "(-1, 1) around tanh(mu); both H0 = 0.25 nats per action dim, delta auto-tuned "
+        "(Adam, lr 3e-4) towards H0 on the executed policy's entropy. sac: TF-Agents' "
+        "SacAgent, alpha (initially 1) auto-tuned towards -dim(A). Same networks, optimizers, "
+        "replay and seeds.",
         "",
         "| task | agent | final eval return (mean +- sd) | per seed | executed entropy (nats, mean +- sd) | minutes per run |",
         "|---|---|---|---|---|---|",
@@ -155,6 +164,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["HalfCheetah-v5", "cheetah-run"])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the table and plot from sac_quality_runs.jsonl, run nothing")
+    parser.add_argument("--agents", nargs="+", choices=sorted(AGENTS), default=["era", "sac"])
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--warmup", type=int, default=2_000)
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
@@ -166,11 +179,14 @@ def main():
     RESULTS.mkdir(parents=True, exist_ok=True)
 
     runs = load_runs(args)
+    if args.report_only:
+        print(write_results(runs, args, command))
+        return
     done = {(r["task"], r["agent"], r["seed"]) for r in runs}
     with tempfile.TemporaryDirectory(prefix="sac_quality_") as workdir:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for task in args.tasks:
-                for agent in AGENTS:
+                for agent in args.agents:
                     if (task, agent, seed) in done:
                         continue
                     run = run_one(task, agent, seed, args, workdir)
