@@ -122,7 +122,8 @@ def test_sac_policy_export_matches_the_trained_policy(tmp_path, tracking_uri):
     base = tmp_path / "exports"
     # PolicySaver names its signature `action`; the export makes it serving_default too.
     assert export_cli.main(["--run-id", run_id, "--model-name", "policy",
-                            "--export-base", str(base), "--signature-name", "action"]) == 0
+                            "--export-base", str(base), "--signature-name", "action",
+                            "--log-mlflow-model"]) == 0
     export_dir = base / "policy" / "1"
     inputs_spec, outputs_spec = signature_specs(export_dir)
     assert signature_specs(export_dir, "action") == (inputs_spec, outputs_spec)
@@ -130,12 +131,13 @@ def test_sac_policy_export_matches_the_trained_policy(tmp_path, tracking_uri):
 
     observations = np.random.default_rng(0).normal(
         size=(4, *inputs_spec["0/observation"][1][1:])).astype(np.float32)
-    served = predict_standalone(export_dir, {
+    inputs = {
         "0/observation": observations,
         "0/step_type": np.zeros(4, np.int32),
         "0/reward": np.zeros(4, np.float32),
         "0/discount": np.ones(4, np.float32),
-    })
+    }
+    served = predict_standalone(export_dir, inputs)
     np.save(tmp_path / "observations.npy", observations)
     subprocess.run(
         [sys.executable, "-c", _SAC_GREEDY_ACTIONS, str(run_dir),
@@ -143,3 +145,10 @@ def test_sac_policy_export_matches_the_trained_policy(tmp_path, tracking_uri):
         check=True, env=env, capture_output=True, timeout=600,
     )
     np.testing.assert_allclose(served["action"], np.load(tmp_path / "actions.npy"), atol=1e-6)
+
+    # The MLflow model that `mlflow models serve` would serve gives the same actions.
+    sac_experiment = mlflow.MlflowClient(tracking_uri).get_experiment_by_name("sac")
+    (logged,) = mlflow.search_logged_models(
+        experiment_ids=[sac_experiment.experiment_id], output_format="list")
+    servable = mlflow.pyfunc.load_model(logged.model_uri)
+    np.testing.assert_allclose(servable.predict(inputs), served["action"], atol=1e-6)
