@@ -92,7 +92,9 @@ def predict_request_body(inputs, request_format="instances", signature_name=None
         else:
             payload = _json_value(arrays)
     elif isinstance(arrays, dict):
-        batch_sizes = {name: value.shape[0] if value.ndim else None for name, value in arrays.items()}
+        batch_sizes = {
+            name: value.shape[0] if value.ndim else None for name, value in arrays.items()
+        }
         if len(set(batch_sizes.values())) != 1 or None in batch_sizes.values():
             raise ValueError(
                 "The row ('instances') format needs every input batched with the same "
@@ -141,7 +143,11 @@ def parse_predict_response(payload):
     result = payload[key]
     if isinstance(result, dict):
         return {name: _from_json(value) for name, value in result.items()}
-    if isinstance(result, list) and result and isinstance(result[0], dict) and "b64" not in result[0]:
+    rows_of_named_outputs = (
+        isinstance(result, list) and result and isinstance(result[0], dict)
+        and "b64" not in result[0]
+    )
+    if rows_of_named_outputs:
         return {name: _from_json([row[name] for row in result]) for name in result[0]}
     return _from_json(result)
 

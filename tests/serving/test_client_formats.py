@@ -143,7 +143,8 @@ def test_grpc_client_names_a_port_that_is_not_tf_serving():
     server.start()  # a real gRPC server with no services: every method is UNIMPLEMENTED
     try:
         client = TFServingGrpcClient(f"127.0.0.1:{port}", timeout=10)
-        with pytest.raises(ServingError, match="UNIMPLEMENTED.*not TF Serving's PredictionService") as info:
+        expected = "UNIMPLEMENTED.*not TF Serving's PredictionService"
+        with pytest.raises(ServingError, match=expected) as info:
             client.predict("m", {"x": np.zeros((1, 2), np.float32)})
         assert not isinstance(info.value, (BadRequestError, ModelNotFoundError))
         client.close()

@@ -40,7 +40,9 @@ def test_signature_specs_read_from_saved_model(era_classifier):
     }
 
 
-def test_versions_increase_and_existing_version_is_not_overwritten(era_classifier, tmp_path, capsys):
+def test_versions_increase_and_existing_version_is_not_overwritten(
+    era_classifier, tmp_path, capsys
+):
     base = tmp_path / "exports"
     common = ["--path", str(era_classifier.path), "--model-name", "digits",
               "--export-base", str(base), "--no-check"]
@@ -67,7 +69,9 @@ def test_clear_errors_for_bad_sources(era_classifier, tmp_path, capsys):
         export_cli.main(["--model-name", "m"])  # no source: argparse names the options
 
 
-def test_export_by_run_id_finds_the_saved_model_artifact(era_classifier, tmp_path, tracking_uri, capsys):
+def test_export_by_run_id_finds_the_saved_model_artifact(
+    era_classifier, tmp_path, tracking_uri, capsys
+):
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(era_classifier.path), "export/saved_model")
