@@ -38,8 +38,9 @@ class GRPOConfig:
     top_p: float = 1.0
     max_prompt_tokens: int = 24
     max_new_tokens: int = 28
-    # Optimisation.
-    learning_rate: float = 1e-4
+    # Optimisation. On the tiny warm-started Qwen, 3e-4 lost accuracy within 60 steps
+    # (0.94 -> ~0.6 on training rollouts) while 3e-5 raised it.
+    learning_rate: float = 3e-5
     clip_epsilon: float = 1.0
     clip_epsilon_high: float | None = None
     dual_clip: float | None = 10.0

@@ -26,8 +26,13 @@ def warm_start_examples(causal_lm, problems, sequence_length):
     ids, mask = encode([p.prompt + p.solution for p in problems])
     _, prompt_mask = encode([p.prompt for p in problems])
     lengths = mask.sum(axis=1)
-    if (lengths > sequence_length).any():
-        raise ValueError(f"A worked solution does not fit in {sequence_length} tokens.")
+    if (lengths >= sequence_length).any():
+        longest = problems[int(np.argmax(lengths))]
+        raise ValueError(
+            f"The worked solution {longest.solution!r} of prompt {longest.prompt!r} needs "
+            f"{int(lengths.max()) + 1} tokens with the prompt and end token, more than "
+            f"max_prompt_tokens + max_new_tokens = {sequence_length}; raise --max-new-tokens."
+        )
     rows = np.arange(len(problems))
     ids[rows, lengths], mask[rows, lengths] = end_id, True
     # Position t of x predicts y[t] = token t + 1: a target when t + 1 is past the prompt.

@@ -72,3 +72,23 @@ def test_bad_presets_get_clear_errors(tmp_path):
         load_causal_lm("no_such_lm")
     with pytest.raises(ValueError, match="Unknown tiny model family"):
         tiny_causal_lm("llama")
+
+
+def test_warm_start_examples_weight_exactly_the_solution_and_end_token(tiny_lm):
+    from pipelines.grpo.tasks import builtin_problems
+    from pipelines.grpo.warm_start import warm_start_examples
+
+    _, lm = tiny_lm
+    tokenizer = lm.preprocessor.tokenizer
+    problems = builtin_problems("digit_sum", "train", 3)
+    x, y, weights = warm_start_examples(lm, problems, sequence_length=48)
+    for row, problem in enumerate(problems):
+        targets = [int(t) for t in y[row][weights[row] > 0]]
+        assert targets[-1] == tokenizer.end_token_id
+        decoded = tokenizer.detokenize([targets[:-1]])[0]
+        decoded = decoded.decode() if isinstance(decoded, bytes) else decoded
+        assert decoded == problem.solution
+        # y is x shifted by one: the model at position t learns token t + 1.
+        np.testing.assert_array_equal(x["token_ids"][row, 1:], y[row, :-1])
+    with pytest.raises(ValueError, match="raise --max-new-tokens"):
+        warm_start_examples(lm, problems, sequence_length=12)
