@@ -155,6 +155,7 @@ def verdict(records, labels, references=("softmax (baseline)", "label smoothing 
         "Verdict (paired over seeds; 95% t-interval of the mean top-1 difference, points):",
         "",
     ]
+    winners = {}
     for reference in references:
         ref = {r["seed"]: r["metrics"]["test/top1"] for r in records if r["setting"] == reference}
         for label in labels:
@@ -177,6 +178,15 @@ def verdict(records, labels, references=("softmax (baseline)", "label smoothing 
             lines.append(
                 f"- {label} vs {reference}: {diffs.mean():+.2f} [{low:+.2f}, {high:+.2f}]: {word}"
             )
+            winners.setdefault(reference, [])
+            if word == "better":
+                winners[reference].append(label)
+    lines.append("")
+    for reference, better in winners.items():
+        if better:
+            lines.append(f"ERA settings that beat {reference} beyond seed noise: {', '.join(better)}.")
+        else:
+            lines.append(f"No ERA setting beats {reference} in top-1 beyond seed noise at this scale.")
     return "\n".join(lines)
 
 
