@@ -39,8 +39,13 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="tiny:qwen")
     parser.add_argument("--task", default="digit_sum")
+    parser.add_argument("--preset", default=None,
+                        help="start from this preset (e.g. grpo_quality.py's warm start) "
+                             "instead of a fresh --warm-start-steps warm start")
     parser.add_argument("--warm-start-steps", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per arm")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per arm and block")
+    parser.add_argument("--blocks", type=int, default=3,
+                        help="blocks of --steps interleaved steps; ratios are given per block")
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--prompts-per-step", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=8)
@@ -52,10 +57,10 @@ def parse_args():
 def main():
     args = parse_args()
     work = pathlib.Path(args.work_dir)
-    preset = work / "preset"
+    preset = pathlib.Path(args.preset) if args.preset else work / "preset"
     base = dict(task=args.task, prompts_per_step=args.prompts_per_step,
                 group_size=args.group_size, learning_rate=1e-12, run_dir=str(work / "run"))
-    if not (preset / "config.json").exists():
+    if args.preset is None and not (preset / "config.json").exists():
         config = GRPOConfig(model=args.model, warm_start_steps=args.warm_start_steps, **base)
         lm = build_causal_lm(config)
         train, test = load_problems(config)
@@ -80,9 +85,17 @@ def main():
         trainers["era"].train_one_step()
 
     rows = {"vanilla": [], "era": []}
-    for _ in range(args.steps):
+    for _ in range(args.steps * args.blocks):
         for arm in ("vanilla", "era"):
             rows[arm].append(trainers[arm].train_one_step())
+
+    def block_ratio(key):
+        ratios = []
+        for b in range(args.blocks):
+            part = slice(b * args.steps, (b + 1) * args.steps)
+            medians = {arm: np.median([m[key] for m in rows[arm][part]]) for arm in rows}
+            ratios.append(medians["era"] / medians["vanilla"])
+        return ratios
     summary = {}
     for arm, metrics in rows.items():
         tokens = np.array([m["response_length"] * args.prompts_per_step * args.group_size
@@ -106,12 +119,14 @@ def main():
         "Command:", "", "```", "nice .venv/bin/python " + " ".join(
             shlex.quote(a) for a in sys.argv), "```", "",
         f"Keras backend {keras.backend.backend()}, 2 shared CPU cores (other jobs running). "
-        f"{args.steps} interleaved steps per arm after {args.warmup_steps} warm-up steps; "
+        f"{args.blocks} blocks of {args.steps} interleaved steps per arm after "
+        f"{args.warmup_steps} warm-up steps; "
         f"{args.prompts_per_step} prompts x group {args.group_size}, "
         f"~{v['tokens']:.0f} generated tokens per step. Identical rollouts in both arms: {same}. "
+        f"Start: {'preset ' + args.preset if args.preset else f'{args.warm_start_steps}-step warm start'}. "
         f"ERA omega_low = measured median H_resp ({median_h:.3f} nats), so it scaled "
         f"{e['scaled_up']:.1%} of tokens up.", "",
-        "Medians over steps:", "",
+        "Medians over all steps:", "",
         "| | GRPO | GRPO+ERA | ERA / GRPO |", "|---|---|---|---|",
         f"| tokens/s, whole step (rollout + update) | {v['tokens_per_s']:.0f} | "
         f"{e['tokens_per_s']:.0f} | {e['tokens_per_s'] / v['tokens_per_s']:.3f} |",
@@ -122,6 +137,19 @@ def main():
         f"{e['rollout_ms'] / v['rollout_ms']:.3f} |",
         f"| update ms | {v['update_ms']:.1f} | {e['update_ms']:.1f} | "
         f"{e['update_ms'] / v['update_ms']:.3f} |",
+        "",
+        "ERA / GRPO ratio of median seconds, per block (identical work in both arms):", "",
+        "| block | whole step | rollout | update |", "|---|---|---|---|",
+        *[f"| {b + 1} | {s_:.3f} | {r:.3f} | {u:.3f} |" for b, (s_, r, u) in enumerate(zip(
+            block_ratio("step_seconds"), block_ratio("rollout_seconds"),
+            block_ratio("update_seconds")))],
+        f"| mean ± std | {np.mean(block_ratio('step_seconds')):.3f} ± "
+        f"{np.std(block_ratio('step_seconds')):.3f} | {np.mean(block_ratio('rollout_seconds')):.3f} ± "
+        f"{np.std(block_ratio('rollout_seconds')):.3f} | {np.mean(block_ratio('update_seconds')):.3f} ± "
+        f"{np.std(block_ratio('update_seconds')):.3f} |",
+        "",
+        "The rollout is the same computation in both arms, so its ratio shows the noise of "
+        "this shared machine.",
         "",
         "Both arms compute token entropies and H_resp (vanilla GRPO for logging); ERA adds "
         "the scale selection and a log-softmax of the scaled logits.",
