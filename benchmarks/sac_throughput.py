@@ -75,11 +75,20 @@ def main():
     parser.add_argument("--warmup-updates", type=int, default=50)
     parser.add_argument("--updates", type=int, default=200, help="updates per timed block")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads for TF and torch alike (inter-op: 1). On a "
+                        "shared, oversubscribed CPU, torch's 2-thread OpenMP pool spins and "
+                        "drops to ~1 update/s, so the default is 1 thread each")
     args = parser.parse_args()
     command = "nice .venv/bin/python benchmarks/sac_throughput.py " + shlex.join(sys.argv[1:])
 
     import tensorflow as tf
     import torch
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
 
     with tempfile.TemporaryDirectory(prefix="sac_throughput_") as workdir:
         os.chdir(workdir)  # MuJoCo writes MUJOCO_LOG.TXT into the working directory
@@ -116,7 +125,8 @@ def main():
         f"LayerNorm; SB3: its MlpPolicy, ReLU), batch {args.batch}, replay filled with "
         f"{args.fill} random steps, {args.warmup_updates} untimed warm-up updates, then "
         f"{args.rounds} interleaved rounds of {args.updates} updates each. TF {tf.__version__}, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), default thread pools, "
+        f"torch {torch.__version__}; {args.threads} intra-op thread(s) and 1 inter-op thread for "
+        "both, "
         f"on a 2-core CPU shared with other work (load average at the end: "
         f"{os.getloadavg()[0]:.1f}), run under `nice`.",
         "",
