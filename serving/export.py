@@ -249,12 +249,12 @@ def export(
 def _log_mlflow_model(saved_model_dir, signature_name, run_id, tracking_uri):
     import mlflow
 
-    from pipelines.common.tracking import resolve_tracking_uri
+    from pipelines.common.tracking import resolve_tracking_uri, use_experiment
     from serving.mlflow_model import log_saved_model
 
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
     if run_id is None:
-        mlflow.set_experiment("serving")
+        use_experiment("serving")
     with mlflow.start_run(run_id=run_id):
         return log_saved_model(saved_model_dir, signature_name=signature_name).model_uri
 

@@ -36,6 +36,26 @@ def flatten(mapping, prefix=""):
     return flat
 
 
+def use_experiment(name):
+    """Make `name` the active experiment, creating it if needed.
+
+    With a SQLite store, MLflow's default artifact root is `./mlruns` under whatever
+    directory the process runs in; a new experiment instead keeps its artifacts in
+    `mlartifacts/` beside the database, so a store is one self-contained folder.
+    """
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(name) is None:
+        database = pathlib.Path(uri[len("sqlite:///"):]).resolve()
+        location = (database.parent / "mlartifacts" / name).as_uri()
+        try:
+            mlflow.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            pass  # created meanwhile by a concurrent run
+    return mlflow.set_experiment(name)
+
+
 @contextlib.contextmanager
 def tracked_run(experiment, config, run_dir=None, tracking_uri=None, run_name=None):
     """Start (or, when `run_dir` holds one, resume) an MLflow run and log the config.
@@ -49,7 +69,7 @@ def tracked_run(experiment, config, run_dir=None, tracking_uri=None, run_name=No
     # Under `mlflow run`, MLflow has already made the run (MLFLOW_RUN_ID) in the experiment
     # the user chose; start_run picks it up, and would refuse it after set_experiment.
     if not os.environ.get("MLFLOW_RUN_ID"):
-        mlflow.set_experiment(experiment)
+        use_experiment(experiment)
     run_id = None
     id_file = pathlib.Path(run_dir) / RUN_ID_FILE if run_dir else None
     if id_file is not None and id_file.exists():
