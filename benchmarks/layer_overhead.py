@@ -211,14 +211,15 @@ def args_batch(result):
     return int(result["resnet"]["size"].split()[1].rstrip(","))
 
 
-def format_table(all_results, command):
+def format_table(all_results, command, load_before, load_after):
     lines = [
         "# ERA layer overhead (forward + backward)",
         "",
         f"Command: `{command}`",
         "",
-        "Machine: shared 2-core CPU, no GPU; other jobs were running, so absolute times are",
-        "noisy. Variants of a case ran interleaved round by round; `ratio` is the ratio of",
+        "Machine: 2-core CPU, no GPU, shared with other work (1-minute load average "
+        f"{load_before:.1f} at the start, {load_after:.1f} at the end).",
+        "Variants of a case ran interleaved round by round; `ratio` is the ratio of",
         "medians to the case's first (plain) variant, with the 25-75% range of per-round ratios.",
         "",
     ]
@@ -265,6 +266,7 @@ def main():
         return
     command = "python benchmarks/layer_overhead.py " + " ".join(sys.argv[1:])
     all_results = []
+    load_before = os.getloadavg()[0]
     for backend in args.backends.split(","):
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
         out = subprocess.run(
@@ -272,7 +274,7 @@ def main():
             env=env, capture_output=True, text=True, check=True,
         ).stdout
         all_results.append(json.loads(out.split("RESULT ", 1)[1]))
-    table = format_table(all_results, command.strip())
+    table = format_table(all_results, command.strip(), load_before, os.getloadavg()[0])
     print(table)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(table + "\n")
