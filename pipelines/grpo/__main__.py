@@ -4,10 +4,10 @@ The Keras backend is TensorFlow unless KERAS_BACKEND says otherwise (JAX also wo
 """
 
 import argparse
-import dataclasses
 import os
 import sys
-import typing
+
+from pipelines.common.cli import add_config_flags
 
 HELP = {
     "model": "keras-hub preset name or preset directory, or tiny:qwen|qwen3|gemma|gemma3 "
@@ -36,19 +36,8 @@ def _parser():
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.grpo",
         description="GRPO (+ logit ERA) for keras-hub causal LMs, tracked in MLflow.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    hints = typing.get_type_hints(GRPOConfig)
-    for field in dataclasses.fields(GRPOConfig):
-        flag = "--" + field.name.replace("_", "-")
-        kind = hints[field.name]
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction,
-                                default=field.default, help=HELP.get(field.name, " "))
-            continue
-        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
-        parser.add_argument(flag, type=_optional(base), default=field.default,
-                            help=HELP.get(field.name, " "))
+    add_config_flags(parser, GRPOConfig, HELP)
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                              "sqlite:///mlflow.db)")
@@ -58,14 +47,6 @@ def _parser():
                         help="model name in the TF Serving layout")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
-
-
-def _optional(base):
-    def convert(text):
-        return None if text.lower() == "none" else base(text)
-
-    convert.__name__ = base.__name__
-    return convert
 
 
 def main(argv=None):

@@ -5,11 +5,10 @@ Settings come from, in order: ImageConfig's defaults (the embedded default run),
 """
 
 import argparse
-import dataclasses
 import json
 import sys
-import typing
 
+from pipelines.common.cli import add_config_flags
 from pipelines.image.config import MIXED_PRECISION, OPTIMIZERS, STRATEGIES, ImageConfig
 from pipelines.image.heads import HEADS
 
@@ -46,12 +45,6 @@ HELP = {
 }
 
 
-def _flag_type(field):
-    hint = typing.get_type_hints(ImageConfig)[field.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if args else hint
-
-
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.image",
@@ -62,24 +55,7 @@ def build_parser():
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"
     )
-    defaults = ImageConfig()
-    for field in dataclasses.fields(ImageConfig):
-        flag = "--" + field.name.replace("_", "-")
-        kind = _flag_type(field)
-        default_text = getattr(defaults, field.name)
-        help_text = f"{HELP.get(field.name, '')} (default: {default_text})".replace("%", "%%")
-        if kind is bool:
-            parser.add_argument(
-                flag,
-                dest=field.name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        else:
-            parser.add_argument(
-                flag, dest=field.name, type=kind, default=argparse.SUPPRESS, help=help_text
-            )
+    add_config_flags(parser, ImageConfig, HELP)
     return parser
 
 

@@ -1,9 +1,10 @@
 """Command line: a preset, then any SacConfig field as `--field-name value`."""
 
 import argparse
-import dataclasses
 import json
 import os
+
+from pipelines.common.cli import add_config_flags, given_config_flags
 
 from pipelines.sac.config import AGENTS, PRESETS, SQUASHES, SacConfig, from_preset
 
@@ -28,28 +29,14 @@ def build_parser():
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--run-name", default=None, help="MLflow run name")
-    defaults = SacConfig.__dataclass_fields__
-    for field in dataclasses.fields(SacConfig):
-        flag = "--" + field.name.replace("_", "-")
-        default = defaults[field.name].default
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        elif isinstance(default, tuple):
-            parser.add_argument(flag, type=int, nargs="+", default=None, metavar="N")
-        else:
-            choices = {"agent": AGENTS, "squash": SQUASHES}.get(field.name)
-            parser.add_argument(flag, type=type(default), default=None, choices=choices,
-                                help=f"(paper default: {default})")
+    add_config_flags(parser, SacConfig, choices={"agent": AGENTS, "squash": SQUASHES},
+                     default_label="paper default")
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    overrides = {
-        field.name: getattr(args, field.name)
-        for field in dataclasses.fields(SacConfig)
-        if getattr(args, field.name) is not None
-    }
+    overrides = given_config_flags(args, SacConfig)
     try:
         config = from_preset(args.preset, **overrides)
     except ValueError as error:

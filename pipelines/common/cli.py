@@ -1,0 +1,62 @@
+"""Command lines built from a pipeline's config dataclass: one `--field-name` per field.
+
+Flags the user does not give are left out of the parsed namespace (argparse.SUPPRESS),
+so each pipeline layers what was given over its own base: the dataclass defaults, a
+preset, or a JSON config file.
+"""
+
+import argparse
+import dataclasses
+import typing
+
+
+def add_config_flags(parser, config_class, help_texts=None, choices=None, default_label="default"):
+    """Add a flag per field of `config_class`, typed from its annotations.
+
+    bool -> --flag / --no-flag; tuple -> one or more values of the default's element type;
+    `X | None` -> X, or the word "none" for None.
+    """
+    help_texts = help_texts or {}
+    choices = choices or {}
+    hints = typing.get_type_hints(config_class)
+    for field in dataclasses.fields(config_class):
+        kind = hints[field.name]
+        optional = type(None) in typing.get_args(kind)
+        if optional:
+            kind = next(t for t in typing.get_args(kind) if t is not type(None))
+        default = (
+            field.default_factory() if field.default is dataclasses.MISSING else field.default
+        )
+        text = f"{help_texts.get(field.name, '')} ({default_label}: {default})".strip()
+        options = dict(dest=field.name, default=argparse.SUPPRESS, help=text.replace("%", "%%"))
+        flag = "--" + field.name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+        elif kind is tuple or typing.get_origin(kind) is tuple:
+            element = type(default[0]) if default else str
+            parser.add_argument(flag, type=element, nargs="+", metavar="N", **options)
+        else:
+            parser.add_argument(
+                flag,
+                type=_none_or(kind) if optional else kind,
+                choices=choices.get(field.name),
+                **options,
+            )
+    return parser
+
+
+def given_config_flags(args, config_class):
+    """{field: value} for the config flags present in a parsed namespace."""
+    return {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(config_class)
+        if hasattr(args, field.name)
+    }
+
+
+def _none_or(kind):
+    def convert(text):
+        return None if text.lower() == "none" else kind(text)
+
+    convert.__name__ = kind.__name__  # argparse names the type in its error messages
+    return convert
