@@ -21,6 +21,7 @@ Both keep the argmax: y_i grows with p_i and W_{-1} is increasing on its branch.
 """
 
 import collections
+import functools
 import math
 
 import keras
@@ -133,8 +134,16 @@ def entropy_floor(num_classes, target_entropy=0.6, floor="tight", tau=4.0):
     >>> era_keras.entropy_floor(10, 0.6, floor="paper").min_entropy  # ~0.97, not 0.6
     >>> era_keras.entropy_floor(10, 0.6).max_probability             # the top-p cap
     """
+    _check_num_classes(num_classes)
+    _check_floor(floor)
+    return _entropy_floor(int(num_classes), float(target_entropy), floor, float(tau))
+
+
+# The tight floor's root solve takes milliseconds; `softmax_era` called eagerly in a
+# training loop asks for the same setting every step, so settings are solved once.
+@functools.lru_cache(maxsize=256)
+def _entropy_floor(num_classes, target_entropy, floor, tau):
     low, high = admissible_range(num_classes, floor, tau)
-    target_entropy = float(target_entropy)
     if not low < target_entropy < high:
         raise ValueError(
             f"target_entropy={target_entropy} is outside the admissible range "
@@ -148,10 +157,10 @@ def entropy_floor(num_classes, target_entropy=0.6, floor="tight", tau=4.0):
         excess = _tight_excess(num_classes, target_entropy, a)
     min_entropy, max_probability = _one_hot_entropy(num_classes, excess, a)
     return EntropyFloor(
-        num_classes=int(num_classes),
+        num_classes=num_classes,
         target_entropy=target_entropy,
         floor=floor,
-        tau=float(tau),
+        tau=tau,
         constant=a + excess,
         excess=excess,
         min_entropy=min_entropy,
