@@ -1,0 +1,125 @@
+"""One way to check and load a pipeline's settings.
+
+Every pipeline's config is a dataclass. Its checks collect every problem in a `Problems`
+and raise them together as one `ConfigError`, so a user fixes a command line in one go.
+`load_config_json` reads `--config-json FILE` with errors that name the file and the field.
+"""
+
+import dataclasses
+import json
+import pathlib
+import types
+import typing
+
+from pipelines.common.errors import ConfigError, UserError
+
+
+class Problems:
+    """Collects what is wrong with a config; `raise_if_any` reports all of it at once."""
+
+    def __init__(self, what):
+        self.what = what
+        self.messages = []
+
+    def add(self, message):
+        self.messages.append(message)
+
+    def check(self, ok, message):
+        if not ok:
+            self.add(message)
+        return ok
+
+    def choice(self, name, value, allowed):
+        return self.check(value in allowed, f"{name}={value!r} is not one of {tuple(allowed)}")
+
+    def at_least(self, name, value, lowest):
+        return self.check(value >= lowest, f"{name} must be >= {lowest} (got {value})")
+
+    def in_range(self, name, value, low, high, low_open=False, high_open=False):
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        return self.check(above and below, f"{name} must be in {interval} (got {value})")
+
+    def raise_if_any(self):
+        if self.messages:
+            raise ConfigError(self.what, self.messages)
+
+
+def _field_types(config_class):
+    return typing.get_type_hints(config_class)
+
+
+def _matches(value, kind):
+    """Whether a JSON value fits a dataclass annotation (int fits float, lists fit tuples)."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, option) for option in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if kind is typing.Any:
+        return True
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is tuple or origin is tuple or kind is list or origin is list:
+        return isinstance(value, (list, tuple))
+    if kind is dict or origin is dict:
+        return isinstance(value, dict)
+    if isinstance(kind, type):
+        return isinstance(value, kind)
+    return True
+
+
+def check_field_types(config_class, values, source):
+    """Raise a ConfigError naming every unknown field and every value of the wrong type."""
+    kinds = _field_types(config_class)
+    problems = Problems(source)
+    for name in sorted(values):
+        if name not in kinds:
+            problems.add(f"unknown field {name!r} (known: {', '.join(sorted(kinds))})")
+        elif not _matches(values[name], kinds[name]):
+            problems.add(
+                f"{name} must be {_describe(kinds[name])}, got {values[name]!r}"
+            )
+    problems.raise_if_any()
+
+
+def _describe(kind):
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(option) for option in typing.get_args(kind))
+    if kind is type(None):
+        return "null"
+    if kind is tuple or typing.get_origin(kind) is tuple:
+        return "a list"
+    return getattr(kind, "__name__", str(kind))
+
+
+def load_config_json(path, config_class):
+    """{field: value} from a JSON file of `config_class` fields, checked field by field."""
+    path = pathlib.Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise UserError(f"cannot read config file {path}: {error.strerror or error}") from None
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(
+            f"config file {path} is not valid JSON ({error.msg} at line {error.lineno}, "
+            f"column {error.colno})"
+        ) from None
+    if not isinstance(values, dict):
+        raise UserError(
+            f"config file {path} must hold a JSON object of {config_class.__name__} fields, "
+            f"got {type(values).__name__}"
+        )
+    check_field_types(config_class, values, f"config file {path}")
+    return values
+
+
+def config_fields(config_class):
+    return [field.name for field in dataclasses.fields(config_class)]

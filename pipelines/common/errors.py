@@ -1,0 +1,33 @@
+"""How a pipeline's command line fails: user errors in one line and exit code 2, bugs loudly.
+
+A `UserError` is something the user can fix (a flag value, a missing file, a corrupt
+checkpoint): `run_cli` prints it as `error: ...` on one line and returns 2, as argparse
+does for a bad flag. Anything else is a bug in this project and keeps its traceback.
+"""
+
+import sys
+
+
+class UserError(Exception):
+    """A problem with what the user asked for; the message says what is wrong and what is allowed."""
+
+
+class ConfigError(UserError, ValueError):
+    """One or more invalid settings, reported together (see `pipelines.common.config.Problems`)."""
+
+    def __init__(self, what, problems):
+        self.problems = list(problems)
+        super().__init__(f"invalid {what}: " + "; ".join(self.problems) + ".")
+
+
+class CorruptCheckpointError(UserError):
+    """A checkpoint or run-dir file that cannot be read; the message names the file and the way out."""
+
+
+def run_cli(main, argv=None):
+    """Call `main(argv)`; turn a UserError into one line on stderr and exit status 2."""
+    try:
+        return main(argv) or 0
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
