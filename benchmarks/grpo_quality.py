@@ -4,8 +4,8 @@
 
 1. One supervised warm start of a tiny random-init keras-hub model (saved as a preset).
 2. The warm-start policy's response-entropy distribution (H_resp over training rollouts)
-   sets ERA's thresholds: omega_low and omega_high are quantiles of it (spec section 4:
-   the authors' absolute values assume a ~150k-token vocabulary).
+   sets ERA's thresholds: omega_low and omega_high are quantiles of it (the
+   authors' absolute values assume a ~150k-token vocabulary; see docs/layers.md).
 3. For each seed, vanilla GRPO and GRPO+ERA (interleaved) train from that preset with
    the same prompts and sampler seeds, evaluated on held-out prompts every --eval-every steps.
 

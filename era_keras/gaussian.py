@@ -108,7 +108,7 @@ def delta_loss(delta, policy_entropy, target_entropy):
 class GaussianERA(keras.layers.Layer):
     """Gaussian ERA: maps (mu, raw_scale) to (mu, sigma) with an entropy floor.
 
-    Formula (Kang et al., 2025; spec section 1), with D action dimensions:
+    Formula (Kang et al., 2025, arXiv 2510.08549), with D action dimensions:
 
         K            = target_entropy + delta - D * (log sqrt(2 pi e) + log_std_max)
         log sigma_i  = clip(log_std_max + K * softmax(raw_scale)_i, log_std_min, log_std_max)

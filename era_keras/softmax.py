@@ -204,7 +204,7 @@ def _era_logits(logits, setting, inverse):
 class SoftmaxERA(keras.layers.Layer):
     """Softmax ERA: turns logits into logits whose softmax has entropy >= a floor.
 
-    Formula (Kang et al., 2025; spec section 2), with p = softmax(z), A = log(tau)/tau:
+    Formula (Kang et al., 2025, arXiv 2510.08549), with p = softmax(z), A = log(tau)/tau:
 
         y_i  = A - (D*A - C) / (D - 1) * (1 - p_i)
         z'_i = W_{-1}(-y_i)

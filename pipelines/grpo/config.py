@@ -2,7 +2,7 @@
 
 Defaults give a run that finishes in a minute or two on a CPU: a tiny random-init Qwen
 model, a short supervised warm start, then GRPO on the built-in many-answers task. The
-authors' settings (spec section 3) are k = 2, omega_low = 0.45, omega_high = 3.0, group
+authors' settings (arXiv 2510.08549, nothingbutbut/era) are k = 2, omega_low = 0.45, omega_high = 3.0, group
 size 8, temperature 1.0, clip epsilon 1.0 with dual clip 10, no KL, lr 1e-6 on a 7B model.
 Their thresholds are absolute entropies set for a ~150k-token vocabulary; with a tiny
 vocabulary choose them from the measured H_resp distribution (logged every step).

@@ -1,4 +1,4 @@
-"""The GRPO objective, with logit ERA (spec section 3), written with `keras.ops`.
+"""The GRPO objective, with logit ERA (arXiv 2510.08549), written with `keras.ops`.
 
 As TF-Agents' agents expose theirs (e.g. `SacAgent.actor_loss`), the loss is a plain
 function that returns `GRPOLossInfo(loss, extra)`: the scalar to minimise and the

@@ -1,4 +1,4 @@
-"""Verifiable rewards: +1 for a correct final answer, -1 otherwise (spec section 3).
+"""Verifiable rewards: +1 for a correct final answer, -1 otherwise (as in arXiv 2510.08549).
 
 A reward is any callable `reward(completion: str, reference: str) -> float`. Built-in:
 

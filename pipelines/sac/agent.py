@@ -4,7 +4,7 @@
   optimizers: TF-Agents converts them to legacy ones, and AdamW (the authors' critic
   optimizer) has no legacy twin. Standard SAC: alpha * log pi in the actor loss and the
   critic target, alpha auto-tuned towards a target entropy.
-- `ERASacAgent`: ERA-SAC (spec section 1). Entropy is the actor head's job
+- `ERASacAgent`: ERA-SAC (arXiv 2510.08549). Entropy is the actor head's job
   (`networks.ERAProjectionNetwork`), so neither loss has an entropy term:
       actor loss     = -E[min(Q1, Q2)(s, a ~ pi)]
       critic target  = r + gamma * discount * min(Q1', Q2')(s', a' ~ pi)

@@ -25,7 +25,7 @@ def build_parser():
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
                         help="quick: tiny nets, 3k steps on Pendulum-v1 (a minute or two on a "
-                        "CPU); paper: the authors' settings (spec section 1). Default: quick")
+                        "CPU); paper: the authors' settings (arXiv 2510.08549). Default: quick")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--run-name", default=None, help="MLflow run name")

@@ -1,4 +1,4 @@
-"""The SAC pipeline's settings: one dataclass, defaults from the ERA paper (spec section 1).
+"""The SAC pipeline's settings: one dataclass, defaults from the ERA paper (arXiv 2510.08549).
 
 `SacConfig()` is the authors' setting (512x2 ELU nets, 1e6 env steps, ...). The CLI starts
 from a preset: `quick` (tiny nets, a few thousand steps, a minute or two on a laptop CPU)

@@ -1,6 +1,6 @@
 """Actor and critic networks for SAC, as TF-Agents networks (Keras 2 via tf_keras).
 
-- `ERAProjectionNetwork`: the actor's last layer with Gaussian ERA (spec section 1). A dense
+- `ERAProjectionNetwork`: the actor's last layer with Gaussian ERA (arXiv 2510.08549). A dense
   layer gives the mean `mu` and the raw scale head; `era_keras.gaussian_era_log_std` turns
   the raw scale into a log std whose Gaussian has entropy exactly H0 + delta (more where
   log_std_min clips). The executed action is either tanh-squashed (TF-Agents' usual SAC

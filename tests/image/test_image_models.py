@@ -92,7 +92,7 @@ def test_bad_era_target_gives_the_admissible_range(target, floor, limit):
 def test_head_validate_reports_the_real_floor():
     report = HeadConfig(kind="era", target_entropy=0.6, era_floor="paper").validate(10)
     assert report == era_keras.entropy_floor(10, 0.6, floor="paper")
-    assert report.min_entropy > 0.9  # the paper floor is loose (spec section 4)
+    assert report.min_entropy > 0.9  # the paper floor is loose (docs/layers.md)
     assert HeadConfig(kind="softmax").validate(10) is None
 
 

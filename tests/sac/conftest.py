@@ -1,4 +1,7 @@
-"""TF-Agents needs Keras 2: select it before anything reads `tf.keras` (STACK.md)."""
+"""TF-Agents needs Keras 2: select it before anything reads `tf.keras`.
+
+With TF_USE_LEGACY_KERAS=1, `tf.keras` is tf_keras (Keras 2) while `import keras` stays Keras 3.
+"""
 
 import os
 
