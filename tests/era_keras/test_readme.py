@@ -1,21 +1,26 @@
-"""The README's layer snippets run as written."""
+"""The layer snippets of README.md and docs/layers.md run as written."""
 
 import pathlib
 import re
 
 import numpy as np
+import pytest
 
-README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
-
-
-def layer_snippets():
-    text = README.read_text()
-    section = text.split("<!-- section: layers -->")[1].split("<!-- /section: layers -->")[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+# Each document shows one snippet per layer: softmax, Gaussian, logit ERA, in that order.
+DOCUMENTS = ["README.md", "docs/layers.md"]
 
 
-def test_softmax_and_gaussian_snippets_run():
-    softmax_snippet, gaussian_snippet, logit_snippet = layer_snippets()
+def layer_snippets(document):
+    text = (ROOT / document).read_text()
+    if "<!-- section: layers -->" in text:
+        text = text.split("<!-- section: layers -->")[1].split("<!-- /section: layers -->")[0]
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_softmax_and_gaussian_snippets_run(document):
+    softmax_snippet, gaussian_snippet, logit_snippet = layer_snippets(document)
     scope = {}
     exec(softmax_snippet, scope)
     assert scope["model"].predict(np.zeros((2, 28, 28, 1)), verbose=0).shape == (2, 10)
@@ -23,10 +28,11 @@ def test_softmax_and_gaussian_snippets_run():
     assert tuple(scope["sigma"].shape) == (None, 6)
 
 
-def test_logit_snippet_runs_on_real_tensors():
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_logit_snippet_runs_on_real_tensors(document):
     import keras
 
-    *_, logit_snippet = layer_snippets()
+    *_, logit_snippet = layer_snippets(document)
     rng = np.random.default_rng(0)
     scope = {
         "keras": keras,
