@@ -5,18 +5,14 @@ One step: draw `prompts_per_step` training prompts, sample `group_size` completi
 rewards within each group into advantages, and take `updates_per_rollout` optimizer steps
 on `grpo_loss` (ERA on unless `era=False`, which makes this the vanilla GRPO baseline).
 
-Checkpoints are keras-hub preset directories plus the optimizer's variables and the step's
-bookkeeping, under `<run_dir>/checkpoints/`; `latest` names the newest complete one, so a
-run killed at any moment resumes from it (and continues the same MLflow run). Sampling is
-seeded by (seed, step), so a resumed run draws the same prompts and samples it would have.
-
-The loop runs on the TensorFlow backend (GradientTape, XLA-compiled steps) or on JAX
-(`stateless_call` + `jax.value_and_grad`); the SavedModel export always uses TensorFlow.
+The pieces live beside this module: `step.py` holds the backend-specific update step
+(TensorFlow GradientTape under XLA, or JAX `stateless_call`), `checkpoint.py` the
+checkpoints (a run killed at any moment resumes from the newest whole one and continues
+the same MLflow run). Sampling is seeded by (seed, step), so a resumed run draws the same
+prompts and samples it would have. The SavedModel export always uses TensorFlow.
 """
 
-import json
 import pathlib
-import shutil
 import time
 
 import keras
@@ -26,18 +22,15 @@ from keras import ops
 
 import era_keras
 from pipelines.common.tracking import log_curves, tracked_run, write_json
-from pipelines.grpo.config import GRPOConfig
+from pipelines.grpo.checkpoint import restore_checkpoint, save_checkpoint
 from pipelines.grpo.evaluate import evaluate
 from pipelines.grpo.loss import group_advantages, grpo_loss, next_token_targets
 from pipelines.grpo.models import load_causal_lm, tiny_causal_lm
 from pipelines.grpo.rewards import get_reward
 from pipelines.grpo.rollout import RolloutGenerator
+from pipelines.grpo.step import make_train_step
 from pipelines.grpo.tasks import BUILTIN_TASKS, builtin_problems, load_jsonl, split_problems
 from pipelines.grpo.warm_start import warm_start
-
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
-
 
 def load_problems(config):
     """(train, test) problems of the configured task."""
@@ -62,13 +55,6 @@ def build_causal_lm(config):
             sequence_length=config.max_prompt_tokens + config.max_new_tokens,
         )
     return load_causal_lm(config.model)
-
-
-def latest_checkpoint(run_dir):
-    pointer = pathlib.Path(run_dir) / CHECKPOINTS / LATEST
-    if not pointer.exists():
-        return None
-    return pathlib.Path(run_dir) / CHECKPOINTS / pointer.read_text().strip()
 
 
 class GRPOTrainer:
@@ -150,6 +136,7 @@ class GRPOTrainer:
         return rollout, rewards, group_advantages(rewards, c.group_size)
 
     def _loss(self, model, batch, old_log_probs=None, reference_log_probs=None):
+        """The GRPO(+ERA) loss of `model` on a batch of rollouts (see `loss.grpo_loss`)."""
         logits = model({"token_ids": batch["token_ids"], "padding_mask": batch["padding_mask"]},
                        training=True)
         logits, tokens, mask = next_token_targets(logits, batch["token_ids"],
@@ -172,60 +159,9 @@ class GRPOTrainer:
             return self.era((logits, tokens, batch["advantages"], mask))["log_probs"]
         return era_keras.token_log_probs(logits, tokens, temperature=self.config.temperature)
 
-    def _make_train_step(self):
-        backend = keras.backend.backend()
-        model, optimizer = self.causal_lm, self.optimizer
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            @tf.function(jit_compile=True)
-            def train_step(batch, old_log_probs, reference_log_probs):
-                with tf.GradientTape() as tape:
-                    info = self._loss(model, batch, old_log_probs, reference_log_probs)
-                grads = tape.gradient(info.loss, model.trainable_variables)
-                optimizer.apply(grads, model.trainable_variables)
-                return info
-
-            return train_step
-        if backend == "jax":
-            import jax
-
-            def loss_fn(trainable, non_trainable, batch, old, ref):
-                mapping = list(zip(model.trainable_variables, trainable)) + list(
-                    zip(model.non_trainable_variables, non_trainable))
-                with keras.StatelessScope(state_mapping=mapping):
-                    info = self._loss(model, batch, old, ref)
-                return info.loss, info
-
-            @jax.jit
-            def stateless_step(trainable, non_trainable, optimizer_vars, batch, old, ref):
-                (_, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                    trainable, non_trainable, batch, old, ref)
-                trainable, optimizer_vars = optimizer.stateless_apply(
-                    optimizer_vars, grads, trainable)
-                return trainable, optimizer_vars, info
-
-            def train_step(batch, old_log_probs, reference_log_probs):
-                trainable, optimizer_vars, info = stateless_step(
-                    [v.value for v in model.trainable_variables],
-                    [v.value for v in model.non_trainable_variables],
-                    [v.value for v in optimizer.variables], batch,
-                    old_log_probs, reference_log_probs)
-                for variable, value in zip(model.trainable_variables, trainable):
-                    variable.assign(value)
-                for variable, value in zip(optimizer.variables, optimizer_vars):
-                    variable.assign(value)
-                return info
-
-            return train_step
-        raise ValueError(
-            f"The GRPO loop runs on the 'tensorflow' or 'jax' Keras backend, not {backend!r}; "
-            "set KERAS_BACKEND."
-        )
-
     def update(self, rollout, advantages):
         if self._train_step is None:
-            self._train_step = self._make_train_step()
+            self._train_step = make_train_step(self.causal_lm, self.optimizer, self._loss)
         batch = {
             "token_ids": rollout.token_ids,
             "padding_mask": rollout.padding_mask,
@@ -294,31 +230,14 @@ class GRPOTrainer:
         return metrics
 
     # --- checkpoints -----------------------------------------------------------------
-    def save_checkpoint(self, run_dir, keep=2):
-        root = pathlib.Path(run_dir) / CHECKPOINTS
-        name = f"step-{self.step:07d}"
-        target, partial = root / name, root / f"{name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        self.causal_lm.save_to_preset(str(partial / "preset"))
-        store = {}
-        self.optimizer.save_own_variables(store)
-        np.savez(partial / "optimizer.npz", **{str(k): v for k, v in store.items()})
-        write_json(partial / "state.json", {"step": self.step, "history": self.history})
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
-        (root / f"{LATEST}.tmp").write_text(name)
-        (root / f"{LATEST}.tmp").replace(root / LATEST)
-        for old in sorted(root.glob("step-*"))[:-keep]:
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
-        return target
+    def save_checkpoint(self, run_dir):
+        return save_checkpoint(run_dir, self.step, self.causal_lm, self.optimizer,
+                               {"history": self.history})
 
-    def restore_optimizer_and_state(self, checkpoint):
-        store = dict(np.load(checkpoint / "optimizer.npz"))
-        self.optimizer.load_own_variables(store)
-        state = json.loads((checkpoint / "state.json").read_text())
-        self.step, self.history = state["step"], state["history"]
+    def restore(self, checkpoint):
+        """Continue from a restored checkpoint (after `prepare_sampling` built the optimizer)."""
+        self.optimizer.load_own_variables(checkpoint.optimizer_variables)
+        self.step, self.history = checkpoint.step, checkpoint.state["history"]
 
     # --- plots -------------------------------------------------------------------------
     def log_plots(self):
@@ -356,11 +275,8 @@ def run(config, tracking_uri=None, export=True, model_name="grpo_policy", progre
     run_dir = pathlib.Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_problems, eval_problems = load_problems(config)
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is not None:
-        causal_lm = load_causal_lm(str(checkpoint / "preset"))
-    else:
-        causal_lm = build_causal_lm(config)
+    checkpoint = restore_checkpoint(run_dir)
+    causal_lm = checkpoint.causal_lm if checkpoint is not None else build_causal_lm(config)
     trainer = GRPOTrainer(config, causal_lm, train_problems, eval_problems)
     with tracked_run(config.experiment, config, run_dir=run_dir, tracking_uri=tracking_uri,
                      run_name=config.run_name) as active:
@@ -374,7 +290,7 @@ def run(config, tracking_uri=None, export=True, model_name="grpo_policy", progre
             trainer.save_checkpoint(run_dir)
         else:
             trainer.prepare_sampling()
-            trainer.restore_optimizer_and_state(checkpoint)
+            trainer.restore(checkpoint)
             mlflow.set_tag("resumed_from_step", trainer.step)
         bar = tqdm(total=config.steps, initial=trainer.step, desc="GRPO" + (
             "+ERA" if config.era else ""), unit="step", disable=not progress)

@@ -15,7 +15,8 @@ import era_keras
 from pipelines.grpo.config import GRPOConfig
 from pipelines.grpo import rewards
 from pipelines.grpo.models import load_causal_lm
-from pipelines.grpo.train import latest_checkpoint, run
+from pipelines.grpo.checkpoint import latest_checkpoint
+from pipelines.grpo.train import run
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = dict(model="tiny:qwen", task="arithmetic", tiny_layers=1, tiny_hidden_dim=32, warm_start_steps=3,

@@ -1,0 +1,118 @@
+"""GRPO checkpoints: the policy, its optimizer and the loop's bookkeeping, kept two deep.
+
+A checkpoint is a directory `<run_dir>/checkpoints/step-NNNNNNN/` holding
+
+- `preset/`: the policy as a keras-hub preset (`CausalLM.save_to_preset`);
+- `optimizer.npz`: the optimizer's variables (`save_own_variables`);
+- `state.json`: the step and the metric history so far.
+
+It is written under `step-NNNNNNN.partial/` and renamed into place once complete, so a
+run killed at any moment leaves only whole checkpoints. The newest two are kept: when the
+newest cannot be read (a truncated weights file, an empty `state.json`), `restore`
+warns, naming the damaged file, and falls back to the one before. When none can be read
+it raises `CorruptCheckpointError` naming the file and what to do.
+"""
+
+import pathlib
+import re
+import shutil
+import warnings
+
+import numpy as np
+
+from pipelines.common.errors import CorruptCheckpointError
+from pipelines.common.run_dir import read_json, write_json_atomic
+
+CHECKPOINTS = "checkpoints"
+KEEP = 2
+_NAME = re.compile(r"step-(\d+)")
+
+
+class Checkpoint:
+    """A restored checkpoint: its directory, the policy, the optimizer variables, the state."""
+
+    def __init__(self, path, causal_lm, optimizer_variables, state):
+        self.path = path
+        self.causal_lm = causal_lm
+        self.optimizer_variables = optimizer_variables
+        self.state = state
+
+    @property
+    def step(self):
+        return self.state["step"]
+
+
+def checkpoints(run_dir):
+    """The complete checkpoint directories of a run, newest first."""
+    root = pathlib.Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    complete = [p for p in root.iterdir() if p.is_dir() and _NAME.fullmatch(p.name)]
+    return sorted(complete, key=lambda p: int(_NAME.fullmatch(p.name).group(1)), reverse=True)
+
+
+def latest_checkpoint(run_dir):
+    """The newest complete checkpoint directory, or None."""
+    found = checkpoints(run_dir)
+    return found[0] if found else None
+
+
+def save_checkpoint(run_dir, step, causal_lm, optimizer, state, keep=KEEP):
+    """Write the checkpoint of `step`, then drop all but the newest `keep`; returns its dir."""
+    root = pathlib.Path(run_dir) / CHECKPOINTS
+    name = f"step-{step:07d}"
+    target, partial = root / name, root / f"{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    causal_lm.save_to_preset(str(partial / "preset"))
+    store = {}
+    optimizer.save_own_variables(store)
+    np.savez(partial / "optimizer.npz", **{str(k): v for k, v in store.items()})
+    write_json_atomic(partial / "state.json", {**state, "step": step})
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    for old in checkpoints(run_dir)[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _load(path):
+    """Read one checkpoint; any damage raises CorruptCheckpointError naming the file."""
+    import keras_hub
+
+    state = read_json(path / "state.json", "GRPO checkpoint state")
+    optimizer_file = path / "optimizer.npz"
+    try:
+        with np.load(optimizer_file) as stored:
+            optimizer_variables = {key: stored[key] for key in stored.files}
+    except Exception as error:  # numpy raises OSError, ValueError or zipfile errors
+        raise CorruptCheckpointError(
+            f"GRPO checkpoint file {optimizer_file} cannot be read ({error})") from None
+    preset = path / "preset"
+    try:
+        causal_lm = keras_hub.models.CausalLM.from_preset(str(preset))
+    except Exception as error:  # h5py (OSError), JSON (ValueError), keras-hub's own errors
+        raise CorruptCheckpointError(
+            f"GRPO checkpoint preset {preset} cannot be loaded ({type(error).__name__}: "
+            f"{error})") from None
+    return Checkpoint(path, causal_lm, optimizer_variables, state)
+
+
+def restore_checkpoint(run_dir):
+    """The newest readable checkpoint of a run (falling back past damaged ones), or None."""
+    found = checkpoints(run_dir)
+    failures = []
+    for path in found:
+        try:
+            restored = _load(path)
+        except CorruptCheckpointError as error:
+            failures.append(error)
+            warnings.warn(f"{error}; trying the checkpoint before it.", stacklevel=2)
+            continue
+        return restored
+    if failures:
+        raise CorruptCheckpointError(
+            f"no usable checkpoint in {pathlib.Path(run_dir) / CHECKPOINTS}: {failures[0]}; "
+            f"delete {pathlib.Path(run_dir) / CHECKPOINTS} to start the run over, or give "
+            "another --run-dir")
+    return None

@@ -1,0 +1,74 @@
+"""One GRPO update step on a batch of rollouts, for the backend Keras runs on.
+
+`make_train_step(model, optimizer, loss_fn)` returns `train_step(batch, old_log_probs,
+reference_log_probs)`, which computes `loss_fn(model, batch, old_log_probs,
+reference_log_probs)` (a `GRPOLossInfo`), takes its gradient with respect to the model's
+trainable weights, applies one optimizer step and returns the loss info.
+
+- TensorFlow: `tf.GradientTape` inside one XLA-compiled `tf.function`.
+- JAX: the model is called statelessly (`keras.StatelessScope` over the variable values),
+  `jax.value_and_grad` differentiates it, `optimizer.stateless_apply` updates, and the
+  new values are written back into the Keras variables after the jitted call.
+
+Other backends are refused with the list of the two that work.
+"""
+
+import keras
+
+
+def make_train_step(model, optimizer, loss_fn):
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return _tensorflow_train_step(model, optimizer, loss_fn)
+    if backend == "jax":
+        return _jax_train_step(model, optimizer, loss_fn)
+    raise ValueError(
+        f"The GRPO loop runs on the 'tensorflow' or 'jax' Keras backend, not {backend!r}; "
+        "set KERAS_BACKEND."
+    )
+
+
+def _tensorflow_train_step(model, optimizer, loss_fn):
+    import tensorflow as tf
+
+    @tf.function(jit_compile=True)
+    def train_step(batch, old_log_probs, reference_log_probs):
+        with tf.GradientTape() as tape:
+            info = loss_fn(model, batch, old_log_probs, reference_log_probs)
+        grads = tape.gradient(info.loss, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        return info
+
+    return train_step
+
+
+def _jax_train_step(model, optimizer, loss_fn):
+    import jax
+
+    def stateless_loss(trainable, non_trainable, batch, old, ref):
+        mapping = list(zip(model.trainable_variables, trainable)) + list(
+            zip(model.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping):
+            info = loss_fn(model, batch, old, ref)
+        return info.loss, info
+
+    @jax.jit
+    def stateless_step(trainable, non_trainable, optimizer_vars, batch, old, ref):
+        (_, info), grads = jax.value_and_grad(stateless_loss, has_aux=True)(
+            trainable, non_trainable, batch, old, ref)
+        trainable, optimizer_vars = optimizer.stateless_apply(optimizer_vars, grads, trainable)
+        return trainable, optimizer_vars, info
+
+    def train_step(batch, old_log_probs, reference_log_probs):
+        trainable, optimizer_vars, info = stateless_step(
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            [v.value for v in optimizer.variables], batch,
+            old_log_probs, reference_log_probs)
+        for variable, value in zip(model.trainable_variables, trainable):
+            variable.assign(value)
+        for variable, value in zip(optimizer.variables, optimizer_vars):
+            variable.assign(value)
+        return info
+
+    return train_step
