@@ -1,112 +1,47 @@
-"""Export a trained run's SavedModel into TF Serving's layout, and check it loads alone.
+"""Put a SavedModel into TF Serving's layout, and check that it loads without this project.
 
-    python -m serving.export --run-id <mlflow run id> --model-name image --export-base exports
-    python -m serving.export --path runs/image/saved_model --model-name image
+`export_saved_model(source, export_base, model_name)` copies one SavedModel to
+`<export_base>/<model_name>/<version>/` (the next free version unless given), refreshes
+`<export_base>/models.config`, then runs the copy's serving_default on zeros the way TF
+Serving does (`serving.signature_runner`), in a process that cannot import era_keras,
+Keras, keras-hub, TF-Agents or this repository. Pipelines call `copy_into_layout` and
+`check_loads_standalone` for their own exports.
 
-writes `<export-base>/<model-name>/<version>/` (the next free version unless --version),
-refreshes `<export-base>/models.config`, then runs the copy's serving_default on zeros the
-way TF Serving does (`serving.signature_runner`), in a process that cannot import
-era_keras, Keras, keras-hub, TF-Agents or this repository. `--log-mlflow-model` also logs
-it as an MLflow model that `mlflow models serve` can serve.
+The command line, which can also find a SavedModel inside an MLflow run, lives with the
+pipelines: `python -m pipelines.export --help`.
 """
 
-import argparse
 import os
 import pathlib
 import shutil
-import sys
 import tempfile
 
 from serving.layout import check_model_name, version_dir, write_models_config
 from serving.saved_model import (
     SAVED_MODEL_FILE,
     SERVING_SIGNATURE,
+    SavedModelError,
     example_inputs,
     find_saved_models,
-    is_saved_model,
     signature_specs,
 )
 from serving.signature_runner import predict_standalone
 
 
-def _one_saved_model(root, where):
+def find_one_saved_model(root):
+    """The one SavedModel at or below `root`; a SavedModelError when there are none or several."""
+    root = pathlib.Path(root)
+    if not root.exists():
+        raise SavedModelError(f"{root} does not exist.")
     found = find_saved_models(root)
     if not found:
-        raise FileNotFoundError(f"No SavedModel ({SAVED_MODEL_FILE}) in {where}.")
+        raise SavedModelError(f"No SavedModel ({SAVED_MODEL_FILE}) in {root}.")
     if len(found) > 1:
         relative = [str(path.relative_to(root)) for path in found]
-        raise ValueError(
-            f"{where} holds {len(found)} SavedModels: {relative}; choose one with "
-            "--artifact-path (for a run) or a more precise --path."
+        raise SavedModelError(
+            f"{root} holds {len(found)} SavedModels: {relative}; point at one of them."
         )
     return found[0]
-
-
-def _saved_model_artifact_paths(client, run_id, path=None):
-    """Artifact paths (in the run) of every directory that holds a saved_model.pb."""
-    found = []
-    for entry in client.list_artifacts(run_id, path):
-        if entry.is_dir:
-            found.extend(_saved_model_artifact_paths(client, run_id, entry.path))
-        elif entry.path.rsplit("/", 1)[-1] == SAVED_MODEL_FILE:
-            found.append(entry.path.rsplit("/", 1)[0] if "/" in entry.path else "")
-    return found
-
-
-def _saved_models_named_by_tags(run):
-    """(local dir, tag) for run tags that name an existing local SavedModel directory:
-    a pipeline that exports next to its run dir without logging the SavedModel as an
-    artifact records where it went in a tag (GRPO: `export.savedmodel_dir`)."""
-    found = []
-    for tag, value in sorted(run.data.tags.items()):
-        if tag.startswith("mlflow.") or "/" not in value:
-            continue
-        path = pathlib.Path(value)
-        if is_saved_model(path) and path.resolve() not in [p.resolve() for p, _ in found]:
-            found.append((path, f"tag {tag}"))
-    return found
-
-
-def download_run_saved_model(run_id, dst_dir, artifact_path=None, tracking_uri=None):
-    """The run's SavedModel, downloaded: the artifact `artifact_path`, else the run's only
-    SavedModel artifact, else the one local SavedModel directory a run tag names.
-    Returns (local directory, where it came from)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from pipelines.common.tracking import resolve_tracking_uri
-
-    tracking_uri = resolve_tracking_uri(tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as error:
-        raise ValueError(f"No MLflow run {run_id!r} in the store {tracking_uri}.") from error
-    if artifact_path is None:
-        candidates = _saved_model_artifact_paths(client, run_id)
-        if not candidates:
-            tagged = _saved_models_named_by_tags(run)
-            if len(tagged) == 1:
-                return tagged[0]
-        if len(candidates) != 1:
-            raise ValueError(
-                f"Run {run_id} has {len(candidates)} SavedModel artifacts "
-                f"({candidates or 'none'}); "
-                + ("pass --artifact-path to choose one." if candidates else
-                   "did the pipeline finish and export its model? (or pass its directory "
-                   "with --path)")
-            )
-        artifact_path = candidates[0]
-    local = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=artifact_path or None, dst_path=str(dst_dir),
-        tracking_uri=tracking_uri,
-    )
-    if not is_saved_model(local):
-        raise FileNotFoundError(
-            f"Artifact {artifact_path!r} of run {run_id} is not a SavedModel directory "
-            f"(no {SAVED_MODEL_FILE})."
-        )
-    return pathlib.Path(local), f"artifact {artifact_path!r}"
 
 
 def _load_object_graph(saved_model_dir):
@@ -148,7 +83,7 @@ def copy_into_layout(saved_model_dir, export_base, model_name, version=None,
     A SavedModel without serving_default is re-saved with `signature_name` as its
     serving_default. The copy is written under a hidden temporary name and renamed into
     place, so TF Serving (which polls the model directory) never sees a half-written
-    version.
+    version. Returns (version directory, models.config path).
     """
     target = version_dir(export_base, model_name, version)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -171,8 +106,10 @@ def copy_into_layout(saved_model_dir, export_base, model_name, version=None,
 def _has_signature(saved_model_dir, signature_name):
     try:
         signature_specs(saved_model_dir, signature_name)
-    except ValueError:
-        return False
+    except SavedModelError as error:
+        if error.missing_signature:
+            return False
+        raise
     return True
 
 
@@ -181,6 +118,26 @@ def check_loads_standalone(saved_model_dir, signature_name=SERVING_SIGNATURE):
     code, Keras, TF-Agents or tfp; returns its outputs."""
     input_specs, _ = signature_specs(saved_model_dir, signature_name)
     return predict_standalone(saved_model_dir, example_inputs(input_specs), signature_name)
+
+
+def export_saved_model(source_dir, export_base, model_name, version=None,
+                       signature_name=SERVING_SIGNATURE, check=True):
+    """Copy the SavedModel at (or below) `source_dir` into TF Serving's layout.
+
+    Returns {"version_dir", "models_config", "standalone_outputs" (output shapes, when
+    `check`)}. Raises SavedModelError for a missing, unreadable or ambiguous source or a
+    missing signature, ValueError / FileExistsError for a bad name or version, and
+    StandaloneLoadError when the copy does not run without the project's code.
+    """
+    check_model_name(model_name)
+    source = find_one_saved_model(source_dir)
+    signature_specs(source, signature_name)  # fails early, naming the signatures there
+    target, config = copy_into_layout(source, export_base, model_name, version, signature_name)
+    summary = {"version_dir": target, "models_config": config}
+    if check:
+        outputs = check_loads_standalone(target, SERVING_SIGNATURE)
+        summary["standalone_outputs"] = {name: value.shape for name, value in outputs.items()}
+    return summary
 
 
 def serving_commands(export_base, model_name):
@@ -203,134 +160,3 @@ def serving_commands(export_base, model_name):
             f"--model_config_file={base / 'models.config'}",
         ]
     )
-
-
-def export(
-    model_name,
-    run_id=None,
-    path=None,
-    export_base="exports",
-    version=None,
-    artifact_path=None,
-    signature_name=SERVING_SIGNATURE,
-    check=True,
-    log_mlflow_model=False,
-    tracking_uri=None,
-):
-    """Export one SavedModel (from an MLflow run or a local path); returns a summary dict."""
-    check_model_name(model_name)
-    if (run_id is None) == (path is None):
-        raise ValueError("Give exactly one source: an MLflow run id or a local path.")
-    with tempfile.TemporaryDirectory(prefix="export-") as download_dir:
-        if run_id is not None:
-            source, origin = download_run_saved_model(
-                run_id, download_dir, artifact_path, tracking_uri
-            )
-            origin = f"run {run_id}, {origin or 'artifact root'}"
-        else:
-            if not pathlib.Path(path).exists():
-                raise FileNotFoundError(f"--path {path} does not exist.")
-            source = _one_saved_model(pathlib.Path(path), f"--path {path}")
-            origin = str(source)
-        signature_specs(source, signature_name)  # fails early, naming the signatures there
-        target, config = copy_into_layout(source, export_base, model_name, version,
-                                          signature_name)
-    summary = {"version_dir": target, "models_config": config, "source": origin}
-    if check:
-        outputs = check_loads_standalone(target, SERVING_SIGNATURE)
-        summary["standalone_outputs"] = {name: value.shape for name, value in outputs.items()}
-    if log_mlflow_model:
-        summary["mlflow_model_uri"] = _log_mlflow_model(
-            target, SERVING_SIGNATURE, run_id, tracking_uri
-        )
-    return summary
-
-
-def _log_mlflow_model(saved_model_dir, signature_name, run_id, tracking_uri):
-    import mlflow
-
-    from pipelines.common.tracking import resolve_tracking_uri, use_experiment
-    from serving.mlflow_model import log_saved_model
-
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-    if run_id is None:
-        use_experiment("serving")
-    with mlflow.start_run(run_id=run_id):
-        return log_saved_model(saved_model_dir, signature_name=signature_name).model_uri
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m serving.export",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run-id", help="MLflow run whose SavedModel artifact to export")
-    source.add_argument("--path", help="a SavedModel directory (or a directory holding one)")
-    parser.add_argument("--model-name", required=True, help="TF Serving model name")
-    parser.add_argument("--export-base", default="exports", help="TF Serving base directory")
-    parser.add_argument(
-        "--version", type=int, default=None, help="version number; None: the next free one"
-    )
-    parser.add_argument(
-        "--artifact-path",
-        default=None,
-        help="the SavedModel's artifact path in the run; None: the run's only one",
-    )
-    parser.add_argument(
-        "--signature-name",
-        default=SERVING_SIGNATURE,
-        help="the signature to serve; a SavedModel without serving_default is re-saved "
-        "with this one as serving_default (e.g. `action` for a TF-Agents policy)",
-    )
-    parser.add_argument(
-        "--no-check",
-        dest="check",
-        action="store_false",
-        help="skip loading the export in a process without the project's code",
-    )
-    parser.add_argument(
-        "--log-mlflow-model",
-        action="store_true",
-        help="also log it as an MLflow model for `mlflow models serve` (into the run "
-        "for --run-id, else into a new run of experiment 'serving')",
-    )
-    parser.add_argument(
-        "--tracking-uri", default=None, help="MLflow store; None: $MLFLOW_TRACKING_URI "
-        "or sqlite:///mlflow.db"
-    )
-    return parser
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        summary = export(
-            args.model_name,
-            run_id=args.run_id,
-            path=args.path,
-            export_base=args.export_base,
-            version=args.version,
-            artifact_path=args.artifact_path,
-            signature_name=args.signature_name,
-            check=args.check,
-            log_mlflow_model=args.log_mlflow_model,
-            tracking_uri=args.tracking_uri,
-        )
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"exported {summary['source']} -> {summary['version_dir']}")
-    print(f"models.config: {summary['models_config']}")
-    if "standalone_outputs" in summary:
-        print(f"loads and runs without project code; outputs: {summary['standalone_outputs']}")
-    if "mlflow_model_uri" in summary:
-        print(f"MLflow model: {summary['mlflow_model_uri']}  (serve: mlflow models serve -m "
-              f"{summary['mlflow_model_uri']} -h 127.0.0.1 -p 5000 --env-manager local)")
-    print(serving_commands(args.export_base, args.model_name))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

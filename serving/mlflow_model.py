@@ -6,7 +6,7 @@ it needs TensorFlow and MLflow but none of era_keras, Keras, keras-hub or TF-Age
 MLflow signature is the SavedModel's, so MLflow's scoring server checks input names,
 shapes and dtypes before the model sees a request.
 
-    python -m serving.export --run-id <id> --export-base exports --model-name image \\
+    python -m pipelines.export --run-id <id> --export-base exports --model-name image \\
         --log-mlflow-model
     mlflow models serve -m runs:/<id>/servable -h 127.0.0.1 -p 5000 --env-manager local
 """

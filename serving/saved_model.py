@@ -12,6 +12,14 @@ SAVED_MODEL_FILE = "saved_model.pb"
 SERVING_SIGNATURE = "serving_default"
 
 
+class SavedModelError(ValueError):
+    """A SavedModel that is missing, unreadable, or lacks the signature asked for."""
+
+    def __init__(self, message, missing_signature=False):
+        super().__init__(message)
+        self.missing_signature = missing_signature
+
+
 def is_saved_model(path):
     return (pathlib.Path(path) / SAVED_MODEL_FILE).is_file()
 
@@ -31,20 +39,37 @@ def find_saved_models(root):
     return outer
 
 
-def _signature_def(saved_model_dir, signature_name):
+def read_meta_graph(saved_model_dir):
+    """The MetaGraphDef of a SavedModel; a SavedModelError if the file is missing or damaged."""
+    from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import saved_model_pb2
 
     path = pathlib.Path(saved_model_dir) / SAVED_MODEL_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"No SavedModel at {saved_model_dir}: {path} is missing.")
-    saved_model = saved_model_pb2.SavedModel.FromString(path.read_bytes())
-    signatures = saved_model.meta_graphs[0].signature_def
+        raise SavedModelError(f"No SavedModel at {saved_model_dir}: {path} is missing.")
+    try:
+        saved_model = saved_model_pb2.SavedModel.FromString(path.read_bytes())
+    except (DecodeError, RuntimeWarning) as error:
+        raise SavedModelError(
+            f"{path} is not a readable SavedModel ({error}); it is damaged or not a "
+            "SavedModel: export the model again"
+        ) from None
+    if not saved_model.meta_graphs:
+        raise SavedModelError(
+            f"{path} holds no MetaGraph (empty or damaged); export the model again"
+        )
+    return saved_model.meta_graphs[0]
+
+
+def _signature_def(saved_model_dir, signature_name):
+    signatures = read_meta_graph(saved_model_dir).signature_def
     if signature_name not in signatures:
         available = sorted(name for name in signatures if not name.startswith("__"))
-        raise ValueError(
+        raise SavedModelError(
             f"The SavedModel at {saved_model_dir} has no signature {signature_name!r}; "
             f"it has {available or 'none'}. TF Serving answers requests without a "
-            f"signature_name with {SERVING_SIGNATURE!r}."
+            f"signature_name with {SERVING_SIGNATURE!r}.",
+            missing_signature=True,
         )
     return signatures[signature_name]
 

@@ -29,6 +29,17 @@ FRAMEWORK_MODULES = ("keras", "tf_keras", "tensorflow_probability")
 LOADERS = ("session", "object")
 
 
+class StandaloneLoadError(RuntimeError):
+    """A SavedModel did not load and run in a process without the project's code.
+
+    The message holds the loader's stderr; `summary` is one line (its last error line).
+    """
+
+    def __init__(self, message, summary):
+        super().__init__(message)
+        self.summary = summary
+
+
 class SignatureRunner:
     """`runner({input name: array})` -> {output name: array}, as TF Serving computes it."""
 
@@ -113,9 +124,12 @@ def predict_standalone(
             env=_clean_environment(),
         )
         if result.returncode != 0:
-            raise RuntimeError(
-                f"The SavedModel at {saved_model_dir} did not load and run without the "
-                f"project's Python code ({loader} loader):\n{result.stderr[-3000:]}"
+            what = (f"The SavedModel at {saved_model_dir} did not load and run without the "
+                    f"project's Python code ({loader} loader)")
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            raise StandaloneLoadError(
+                f"{what}:\n{result.stderr[-3000:]}",
+                f"{what}: {lines[-1].strip() if lines else 'exit code ' + str(result.returncode)}",
             )
         with np.load(outputs_file, allow_pickle=False) as outputs:
             return {name: outputs[name] for name in outputs.files}

@@ -261,7 +261,7 @@ def finish(config, run, run_dir, model, head, inputs):
     export_base = config.export_base or str(run_dir / "serving")
     model_name = config.model_name or f"{config.dataset}_{config.backbone}_{config.head}"
     export_dir = export.export_for_serving(model, export_base, model_name, info.image_shape, metadata)
-    # The SavedModel also goes to the run, so `python -m serving.export --run-id` finds it.
+    # The SavedModel also goes to the run, so `python -m pipelines.export --run-id` finds it.
     mlflow.log_artifacts(str(export_dir), "saved_model")
     mlflow.log_dict(metadata, "serving_metadata.json")
     mlflow.set_tag("export_dir", str(export_dir))

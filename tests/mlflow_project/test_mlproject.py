@@ -18,7 +18,7 @@ ENTRY_MODULES = {
     "image": "pipelines.image",
     "sac": "pipelines.sac",
     "grpo": "pipelines.grpo",
-    "export": "serving.export",
+    "export": "pipelines.export",
 }
 
 
@@ -31,7 +31,7 @@ def _module_parser(entry):
     elif entry == "grpo":
         from pipelines.grpo.__main__ import _parser as build_parser
     else:
-        from serving.export import build_parser
+        from pipelines.export import build_parser
     return build_parser()
 
 

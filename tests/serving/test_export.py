@@ -1,15 +1,24 @@
+import subprocess
+import sys
+
 import mlflow
 import numpy as np
 import pytest
 
-from serving import export as export_cli
+from pipelines import export as export_module
+from pipelines.common.errors import run_cli
 from serving.saved_model import signature_specs
 from serving.signature_runner import predict_standalone
 
 
+def _export(argv):
+    """`python -m pipelines.export` in this process: its exit status (stderr as users see it)."""
+    return run_cli(export_module.main, argv)
+
+
 def test_export_from_path_loads_without_project_code_and_matches_keras(era_classifier, tmp_path):
     base = tmp_path / "exports"
-    assert export_cli.main(
+    assert _export(
         ["--path", str(era_classifier.path.parent), "--model-name", "digits",
          "--export-base", str(base)]
     ) == 0
@@ -46,27 +55,27 @@ def test_versions_increase_and_existing_version_is_not_overwritten(
     base = tmp_path / "exports"
     common = ["--path", str(era_classifier.path), "--model-name", "digits",
               "--export-base", str(base), "--no-check"]
-    assert export_cli.main(common) == 0
-    assert export_cli.main(common) == 0
+    assert _export(common) == 0
+    assert _export(common) == 0
     assert sorted(p.name for p in (base / "digits").iterdir()) == ["1", "2"]
-    assert export_cli.main(common + ["--version", "1"]) == 2
+    assert _export(common + ["--version", "1"]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     assert sorted(p.name for p in (base / "digits").iterdir()) == ["1", "2"]
 
 
 def test_clear_errors_for_bad_sources(era_classifier, tmp_path, capsys):
     base = str(tmp_path / "exports")
-    assert export_cli.main(["--path", str(tmp_path / "nope"), "--model-name", "m",
+    assert _export(["--path", str(tmp_path / "nope"), "--model-name", "m",
                             "--export-base", base]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert export_cli.main(["--path", str(era_classifier.path), "--model-name", "m",
+    assert _export(["--path", str(era_classifier.path), "--model-name", "m",
                             "--export-base", base, "--signature-name", "predict"]) == 2
     assert "has no signature 'predict'; it has ['serving_default']" in capsys.readouterr().err
-    assert export_cli.main(["--path", str(era_classifier.path), "--model-name", "a/b",
+    assert _export(["--path", str(era_classifier.path), "--model-name", "a/b",
                             "--export-base", base]) == 2
     assert "Invalid model name" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        export_cli.main(["--model-name", "m"])  # no source: argparse names the options
+        _export(["--model-name", "m"])  # no source: argparse names the options
 
 
 def test_export_by_run_id_finds_the_saved_model_artifact(
@@ -77,22 +86,22 @@ def test_export_by_run_id_finds_the_saved_model_artifact(
         mlflow.log_artifacts(str(era_classifier.path), "export/saved_model")
         mlflow.log_text("not a model", "notes.txt")
     base = tmp_path / "exports"
-    assert export_cli.main(["--run-id", run.info.run_id, "--model-name", "digits",
+    assert _export(["--run-id", run.info.run_id, "--model-name", "digits",
                             "--export-base", str(base), "--no-check"]) == 0
     assert signature_specs(base / "digits" / "1") == signature_specs(era_classifier.path)
 
     with mlflow.start_run() as two:
         mlflow.log_artifacts(str(era_classifier.path), "a")
         mlflow.log_artifacts(str(era_classifier.path), "b")
-    assert export_cli.main(["--run-id", two.info.run_id, "--model-name", "digits",
+    assert _export(["--run-id", two.info.run_id, "--model-name", "digits",
                             "--export-base", str(base), "--no-check"]) == 2
     assert "2 SavedModel artifacts (['a', 'b']); pass --artifact-path" in capsys.readouterr().err
-    assert export_cli.main(["--run-id", two.info.run_id, "--artifact-path", "b",
+    assert _export(["--run-id", two.info.run_id, "--artifact-path", "b",
                             "--model-name", "digits", "--export-base", str(base),
                             "--no-check"]) == 0
-    assert export_cli.main(["--run-id", "0" * 32, "--model-name", "digits",
+    assert _export(["--run-id", "0" * 32, "--model-name", "digits",
                             "--export-base", str(base)]) == 2
-    assert "No MLflow run" in capsys.readouterr().err
+    assert "no MLflow run" in capsys.readouterr().err
 
 
 def test_export_by_run_id_falls_back_to_a_tagged_local_saved_model(
@@ -103,7 +112,7 @@ def test_export_by_run_id_falls_back_to_a_tagged_local_saved_model(
         mlflow.set_tag("export.savedmodel_dir", str(era_classifier.path))
         mlflow.set_tag("note", "not/a/model")
     base = tmp_path / "exports"
-    assert export_cli.main(["--run-id", run.info.run_id, "--model-name", "lm",
+    assert _export(["--run-id", run.info.run_id, "--model-name", "lm",
                             "--export-base", str(base), "--no-check"]) == 0
     assert "tag export.savedmodel_dir" in capsys.readouterr().out
     assert (base / "lm" / "1" / "saved_model.pb").is_file()
@@ -115,3 +124,25 @@ def test_standalone_reports_a_model_that_cannot_load(tmp_path):
     (broken / "saved_model.pb").write_bytes(b"not a protobuf")
     with pytest.raises(RuntimeError, match="did not load and run without the project"):
         predict_standalone(broken, {"x": np.zeros(1)})
+
+
+def test_a_corrupt_saved_model_is_refused_in_one_line(era_classifier, tmp_path):
+    """A damaged saved_model.pb: one `error:` line naming the file, exit 2, no traceback."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(era_classifier.path, broken)
+    (broken / "saved_model.pb").write_bytes(b"\x08\x01garbage that is not a SavedModel")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.export", "--path", str(broken), "--model-name", "m",
+         "--export-base", str(tmp_path / "exports")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    # TensorFlow's C++ start-up log lines may precede it; the project prints one line.
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().endswith(lines[0])
+    assert lines[0].startswith(f"error: {broken / 'saved_model.pb'} is not a readable SavedModel")
+    assert "export the model again" in lines[0]
+    assert not (tmp_path / "exports" / "m").exists()

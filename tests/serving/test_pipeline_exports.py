@@ -1,4 +1,4 @@
-"""Each pipeline's servable, through `python -m serving.export`, predicts what the
+"""Each pipeline's servable, through `python -m pipelines.export`, predicts what the
 pipeline's own model computes: run as TF Serving runs it (MetaGraphDef + session), in a
 process that cannot import era_keras, Keras, keras-hub, TF-Agents or this repository."""
 
@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from serving import export as export_cli
+from pipelines import export as export_cli
 from serving.saved_model import signature_specs
 from serving.signature_runner import predict_standalone
 
