@@ -2,9 +2,13 @@
 
 The logged model holds the SavedModel as an artifact and a small pyfunc that runs one
 signature the way TF Serving does (`serving.signature_runner.SignatureRunner`); so serving
-it needs TensorFlow and MLflow but none of era_keras, Keras, keras-hub or TF-Agents. Its
-MLflow signature is the SavedModel's, so MLflow's scoring server checks input names,
-shapes and dtypes before the model sees a request.
+it needs TensorFlow and MLflow but none of era_keras, Keras, keras-hub or TF-Agents.
+
+The model carries no MLflow input schema on purpose: with one, MLflow's scoring server
+casts a request to the schema's dtypes before the model sees it (0.5 sent to a uint8
+input becomes 0). Without it, the runner checks names, rank, sizes and dtypes itself and
+refuses what does not fit with a message naming the expected spec. The SavedModel's specs
+are recorded in the model's metadata (`serving_inputs`, `serving_outputs`) instead.
 
     python -m pipelines.export --run-id <id> --export-base exports --model-name image \\
         --log-mlflow-model
@@ -14,8 +18,10 @@ shapes and dtypes before the model sees a request.
 import pathlib
 
 import mlflow
+import numpy as np
 
-from serving.saved_model import SERVING_SIGNATURE, example_inputs, signature_specs
+from serving.saved_model import SERVING_SIGNATURE, signature_specs
+from serving.signature_runner import InputSpecError, describe_spec
 
 MLFLOW_MODEL_NAME = "servable"
 SAVED_MODEL_ARTIFACT = "saved_model"
@@ -35,35 +41,39 @@ class SavedModelSignature(mlflow.pyfunc.PythonModel):
         )
 
     def predict(self, context, model_input, params=None):
-        if not isinstance(model_input, dict):
-            names = sorted(self._runner.input_tensors)
-            if len(names) != 1:
-                raise ValueError(
-                    f"This model takes named inputs {names}: send "
-                    '{"inputs": {name: batch, ...}}.'
-                )
-            model_input = {names[0]: model_input}
-        outputs = self._runner(model_input)
+        try:
+            outputs = self._runner(self._named_inputs(model_input))
+        except InputSpecError as error:
+            # An MlflowException with this code is what the scoring server answers with 400.
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+            raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
         return next(iter(outputs.values())) if len(outputs) == 1 else outputs
 
+    def _named_inputs(self, model_input):
+        if hasattr(model_input, "columns"):
+            # The row ("instances") format of named inputs arrives as a DataFrame.
+            return {str(c): np.stack(model_input[c].to_numpy()) for c in model_input.columns}
+        if isinstance(model_input, dict):
+            return model_input
+        names = sorted(self._runner.input_tensors)
+        if len(names) != 1:
+            raise InputSpecError(
+                f"this model takes named inputs {names}: send "
+                '{"inputs": {name: batch, ...}}'
+            )
+        return {names[0]: model_input}
 
-def _schema(specs):
-    from mlflow.types.schema import Schema, TensorSpec
 
-    return Schema(
-        [
-            TensorSpec(dtype, tuple(-1 if size is None else size for size in shape), name)
-            for name, (dtype, shape) in specs.items()
-        ]
-    )
-
-
-def mlflow_signature(saved_model_dir, signature_name=SERVING_SIGNATURE):
-    """The MLflow ModelSignature of a SavedModel signature (unknown sizes become -1)."""
-    from mlflow.models import ModelSignature
-
+def spec_metadata(saved_model_dir, signature_name=SERVING_SIGNATURE):
+    """{"serving_inputs": {name: "uint8 [-1, 28, 28, 1]"}, "serving_outputs": {...}}."""
     input_specs, output_specs = signature_specs(saved_model_dir, signature_name)
-    return ModelSignature(inputs=_schema(input_specs), outputs=_schema(output_specs))
+    return {
+        "signature_name": signature_name,
+        "serving_inputs": {name: describe_spec(*spec) for name, spec in input_specs.items()},
+        "serving_outputs": {name: describe_spec(*spec) for name, spec in output_specs.items()},
+    }
 
 
 def log_saved_model(saved_model_dir, name=MLFLOW_MODEL_NAME, signature_name=SERVING_SIGNATURE):
@@ -73,13 +83,11 @@ def log_saved_model(saved_model_dir, name=MLFLOW_MODEL_NAME, signature_name=SERV
     """
     import tensorflow as tf
 
-    input_specs, _ = signature_specs(saved_model_dir, signature_name)
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=SavedModelSignature(signature_name),
         artifacts={SAVED_MODEL_ARTIFACT: str(saved_model_dir)},
-        signature=mlflow_signature(saved_model_dir, signature_name),
-        input_example=example_inputs(input_specs, batch_size=1),
+        metadata=spec_metadata(saved_model_dir, signature_name),
         code_paths=[str(pathlib.Path(__file__).parent)],
         pip_requirements=[f"tensorflow=={tf.__version__}", f"mlflow=={mlflow.__version__}"],
     )

@@ -40,8 +40,75 @@ class StandaloneLoadError(RuntimeError):
         self.summary = summary
 
 
+class InputSpecError(ValueError):
+    """A request whose inputs do not fit the signature; the message names the expected spec."""
+
+
+def describe_spec(dtype, shape):
+    """"uint8 [-1, 28, 28, 1]" (-1: any size; "any shape" when the rank is unknown)."""
+    if shape is None:
+        return f"{np.dtype(dtype).name} of any shape"
+    return f"{np.dtype(dtype).name} [{', '.join('-1' if d is None else str(d) for d in shape)}]"
+
+
+def _fits_dtype(value, dtype):
+    """Whether `value` (an array) converts to `dtype` without changing what it says:
+    ints into float inputs, ints that fit into int inputs, text into string inputs;
+    never floats into int inputs, text into numbers or numbers into text."""
+    dtype = np.dtype(dtype)
+    kind = value.dtype.kind
+    if dtype.kind in "iu":
+        if kind not in "iu":
+            return False
+        if value.size == 0:
+            return True
+        limits = np.iinfo(dtype)
+        return bool(value.min() >= limits.min and value.max() <= limits.max)
+    if dtype.kind == "f":
+        return kind in "iuf"
+    if dtype.kind == "b":
+        return kind == "b"
+    if dtype.kind in "SUO":  # tf.string
+        return kind in "SU" or (kind == "O" and all(isinstance(v, (bytes, str)) for v in value.flat))
+    return kind == dtype.kind
+
+
+def check_inputs(inputs, specs):
+    """{name: array} checked against {name: (dtype, shape)}; returns arrays of the spec's
+    dtypes, or raises InputSpecError naming every input that does not fit and its spec."""
+    missing = sorted(set(specs) - set(inputs))
+    extra = sorted(set(inputs) - set(specs))
+    if missing or extra:
+        raise InputSpecError(
+            f"inputs must be exactly {sorted(specs)}; missing {missing}, unknown {extra}. "
+            "Expected: " + "; ".join(f"{n}: {describe_spec(*specs[n])}" for n in sorted(specs))
+        )
+    checked, problems = {}, []
+    for name in sorted(specs):
+        dtype, shape = specs[name]
+        value = np.asarray(inputs[name])
+        rank_ok = shape is None or value.ndim == len(shape)
+        dims_ok = rank_ok and (shape is None or all(
+            want is None or want == got for want, got in zip(shape, value.shape)))
+        if not (dims_ok and _fits_dtype(value, dtype)):
+            problems.append(
+                f"input {name!r} must be {describe_spec(dtype, shape)}, got "
+                f"{value.dtype.name} {list(value.shape)}"
+            )
+            continue
+        checked[name] = value.astype(object if np.dtype(dtype).kind in "SUO" else dtype, copy=False)
+    if problems:
+        raise InputSpecError("; ".join(problems) + " (-1: any size)")
+    return checked
+
+
 class SignatureRunner:
-    """`runner({input name: array})` -> {output name: array}, as TF Serving computes it."""
+    """`runner({input name: array})` -> {output name: array}, as TF Serving computes it.
+
+    Inputs are checked against the signature first (names, rank, sizes, and a dtype that
+    holds the values unchanged): a request that does not fit raises InputSpecError naming
+    the expected spec, instead of being cast or reshaped into something else.
+    """
 
     def __init__(self, saved_model_dir, signature_name="serving_default"):
         import tensorflow as tf
@@ -61,24 +128,19 @@ class SignatureRunner:
             )
         signature = signatures[signature_name]
         self.input_tensors = {name: info.name for name, info in signature.inputs.items()}
-        self.input_dtypes = {
-            name: tf.dtypes.as_dtype(info.dtype).as_numpy_dtype
+        self.input_specs = {
+            name: (
+                np.dtype(tf.dtypes.as_dtype(info.dtype).as_numpy_dtype),
+                None if info.tensor_shape.unknown_rank
+                else tuple(None if d.size < 0 else d.size for d in info.tensor_shape.dim),
+            )
             for name, info in signature.inputs.items()
         }
         self.output_tensors = {name: info.name for name, info in signature.outputs.items()}
 
     def __call__(self, inputs):
-        missing = sorted(set(self.input_tensors) - set(inputs))
-        extra = sorted(set(inputs) - set(self.input_tensors))
-        if missing or extra:
-            raise ValueError(
-                f"Inputs must be exactly {sorted(self.input_tensors)}; missing {missing}, "
-                f"unknown {extra}."
-            )
-        feeds = {
-            self.input_tensors[name]: np.asarray(value, dtype=self.input_dtypes[name])
-            for name, value in inputs.items()
-        }
+        checked = check_inputs(inputs, self.input_specs)
+        feeds = {self.input_tensors[name]: value for name, value in checked.items()}
         return self._session.run(self.output_tensors, feeds)
 
 

@@ -57,6 +57,11 @@ def export_for_serving(model, export_base, model_name, image_shape, metadata, ve
     archive.track(model)
 
     def serve(images):
+        # The signature states the full shape, but a graph trusts it: TF Serving feeds a
+        # [3, 8, 8] request to a [-1, 28, 28, 1] model unchecked (it crashed a kernel, or
+        # returned one row for three images). EnsureShape refuses it at run time, with
+        # INVALID_ARGUMENT naming the expected shape.
+        images = tf.ensure_shape(images, [None, *image_shape])
         logits = model(data.pixels_to_float(images), training=False)
         probabilities = tf.nn.softmax(tf.cast(logits, tf.float32) / temperature, axis=-1)
         return {

@@ -32,6 +32,7 @@ def export_classifier(model, path):
     archive.track(model)
 
     def serve(images):
+        images = tf.ensure_shape(images, [None, 8, 8, 1])  # run-time check, as pipelines do
         probabilities = tf.nn.softmax(model(images, training=False))
         return {
             "probabilities": probabilities,
