@@ -14,30 +14,23 @@ benchmarks/results/grpo_quality.md; the per-run curves go to grpo_quality.json a
 to grpo_quality.png. Every run is tracked in MLflow (a store under --work-dir by default).
 """
 
-import argparse
 import dataclasses
 import json
 import os
 import pathlib
-import shlex
-import sys
 import time
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import common
+import numpy as np
 
-import numpy as np  # noqa: E402
+common.setup()
 
 from pipelines.grpo.config import GRPOConfig  # noqa: E402
 from pipelines.grpo.train import GRPOTrainer, build_causal_lm, load_problems, run  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
-
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--task", default="digit_sum")
     parser.add_argument("--model", default="tiny:qwen")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -54,7 +47,6 @@ def parse_args():
     parser.add_argument("--calibration-steps", type=int, default=8,
                         help="rollout batches of the warm-start policy used to measure H_resp")
     parser.add_argument("--work-dir", default="/tmp/grpo_quality")
-    parser.add_argument("--name", default="grpo_quality")
     return parser.parse_args()
 
 
@@ -111,13 +103,9 @@ def summarise(history, omega_low, k):
     }
 
 
-def mean_spread(values):
-    values = np.asarray(values, dtype=float)
-    return f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.3f}"
-
-
 def main():
     args = parse_args()
+    common.pin(args.cpu)
     started = time.time()
     work = pathlib.Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -155,14 +143,11 @@ def main():
                 f"pass_at_{k}": warm_eval[f"eval_pass_at_{k}"],
                 "distinct_correct": warm_eval["eval_distinct_correct"]}
     lines = [
-        f"# GRPO vs GRPO+ERA ({args.task}, {args.model})", "",
-        "Command:", "", "```", "nice .venv/bin/python " + " ".join(
-            shlex.quote(a) for a in sys.argv), "```", "",
         f"Scale: one warm start of {args.warm_start_steps} supervised steps (batch 64), then "
         f"{args.steps} GRPO steps x {args.prompts_per_step} prompts x group "
         f"{args.group_size} per run; seeds {args.seeds}; held-out eval on "
         f"{args.num_eval_prompts} prompts, greedy and {k} samples at T=1. "
-        f"2 shared CPU cores, TensorFlow backend; {time.time() - started:.0f} s in all.", "",
+        f"TensorFlow backend; {time.time() - started:.0f} s in all.", "",
         f"ERA thresholds from the warm-start H_resp distribution "
         f"({len(entropies)} responses; 10/50/90% quantiles "
         f"{', '.join(f'{q:.3f}' for q in np.quantile(entropies, [0.1, 0.5, 0.9]))} nats): "
@@ -173,8 +158,8 @@ def main():
         "| metric | GRPO | GRPO+ERA |", "|---|---|---|",
     ]
     for key in keys:
-        lines.append(f"| {key} | {mean_spread([s[key] for s in summaries['vanilla']])} | "
-                     f"{mean_spread([s[key] for s in summaries['era']])} |")
+        lines.append(f"| {key} | {common.format_mean_sd([s[key] for s in summaries['vanilla']])} | "
+                     f"{common.format_mean_sd([s[key] for s in summaries['era']])} |")
     lines += ["", "Per seed (greedy acc / pass@k / distinct correct / H_resp p50 last10):", "",
               "| seed | GRPO | GRPO+ERA |", "|---|---|---|"]
     for i, seed in enumerate(args.seeds):
@@ -197,11 +182,9 @@ def main():
                         if r["step"] == step and key in r]
                 cells.append(f"{np.mean(vals):.3f}" if vals else "-")
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.md").write_text(text)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(
+    common.write_results(args.name, f"GRPO vs GRPO+ERA ({args.task}, {args.model})",
+                         ["\n".join(lines)])
+    (common.RESULTS / f"{args.name}.json").write_text(json.dumps(
         {"args": vars(args), "omega_low": omega_low, "omega_high": omega_high,
          "warm_start": warm_row, "summaries": summaries,
          "curves": {arm: [{"seed": r["seed"], "history": [
@@ -211,7 +194,7 @@ def main():
                  "eval_distinct_correct", "eval_mean_accuracy")}
              for row in r["history"]]} for r in rs] for arm, rs in runs.items()}},
         indent=1))
-    plot(runs, omega_low, k, RESULTS / f"{args.name}.png")
+    plot(runs, omega_low, k, common.RESULTS / f"{args.name}.png")
 
 
 def plot(runs, omega_low, k, path):

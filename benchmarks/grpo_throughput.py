@@ -11,32 +11,25 @@ step (rollout + update) and of the update alone, and the ERA/vanilla ratios. ERA
 are set so that it fires (omega_low at the median of the measured H_resp): the cost of the
 scaled log-softmax is paid on those tokens.
 
-Writes the table and the exact command to benchmarks/results/grpo_throughput.md.
+Pinned to one core (--cpu 1). Writes the table and the exact command to
+benchmarks/results/grpo_throughput.md.
 """
 
-import argparse
-import os
 import pathlib
-import shlex
-import sys
-import time
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import common
+import numpy as np
+
+common.setup()
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 
 from pipelines.grpo.config import GRPOConfig  # noqa: E402
 from pipelines.grpo.train import GRPOTrainer, build_causal_lm, load_problems  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
-
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__, cpu=1)
     parser.add_argument("--model", default="tiny:qwen")
     parser.add_argument("--task", default="digit_sum")
     parser.add_argument("--preset", default=None,
@@ -50,12 +43,12 @@ def parse_args():
     parser.add_argument("--prompts-per-step", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--work-dir", default="/tmp/grpo_throughput")
-    parser.add_argument("--name", default="grpo_throughput")
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
+    common.pin(args.cpu)
     work = pathlib.Path(args.work_dir)
     preset = pathlib.Path(args.preset) if args.preset else work / "preset"
     base = dict(task=args.task, prompts_per_step=args.prompts_per_step,
@@ -84,10 +77,8 @@ def main():
     for _ in range(args.warmup_steps):
         trainers["era"].train_one_step()
 
-    rows = {"vanilla": [], "era": []}
-    for _ in range(args.steps * args.blocks):
-        for arm in ("vanilla", "era"):
-            rows[arm].append(trainers[arm].train_one_step())
+    rows = common.interleave({arm: trainers[arm].train_one_step for arm in ("vanilla", "era")},
+                             args.steps * args.blocks, progress=False)
 
     def block_ratio(key):
         ratios = []
@@ -115,10 +106,7 @@ def main():
                for a, b in zip(rows["vanilla"], rows["era"]))
     v, e = summary["vanilla"], summary["era"]
     lines = [
-        f"# GRPO loop throughput, with and without logit ERA ({args.model}, {args.task})", "",
-        "Command:", "", "```", "nice .venv/bin/python " + " ".join(
-            shlex.quote(a) for a in sys.argv), "```", "",
-        f"Keras backend {keras.backend.backend()}, 2 shared CPU cores (other jobs running). "
+        f"Keras backend {keras.backend.backend()}. "
         f"{args.blocks} blocks of {args.steps} interleaved steps per arm after "
         f"{args.warmup_steps} warm-up steps; "
         f"{args.prompts_per_step} prompts x group {args.group_size}, "
@@ -154,10 +142,10 @@ def main():
         "Both arms compute token entropies and H_resp (vanilla GRPO for logging); ERA adds "
         "the scale selection and a log-softmax of the scaled logits.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.md").write_text(text)
+    common.write_results(
+        args.name,
+        f"GRPO loop throughput, with and without logit ERA ({args.model}, {args.task})",
+        ["\n".join(lines)])
 
 
 if __name__ == "__main__":

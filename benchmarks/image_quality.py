@@ -7,23 +7,21 @@ is evaluated as it serves, and ERA models also with the floor on and off at infe
 after temperature scaling (a temperature fitted by NLL on the validation split).
 
 Each finished (setting, seed) is appended to a JSON-lines file, so an interrupted run
-picks up where it stopped. Writes the table to benchmarks/results/image_quality.md.
+picks up where it stopped (benchmarks/results/<name>.jsonl). Writes the table to
+benchmarks/results/image_quality.md.
 
     nice .venv/bin/python benchmarks/image_quality.py --seeds 5
 """
 
-import argparse
 import dataclasses
 import json
 import pathlib
-import shlex
-import sys
 import time
 
+import common
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+common.setup()
 
 from pipelines.image.config import ImageConfig  # noqa: E402
 
@@ -63,14 +61,8 @@ def run_one(base, overrides, seed):
     return {**metrics, "train_seconds": seconds}
 
 
-def mean_std(values):
-    values = np.asarray(values, dtype=np.float64)
-    return values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0
-
-
 def fmt(values, scale=1.0, digits=2):
-    mean, std = mean_std(np.asarray(values) * scale)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return common.format_mean_sd(values, digits=digits, scale=scale)
 
 
 def table(records, labels, seeds):
@@ -191,17 +183,19 @@ def verdict(records, labels, references=("softmax (baseline)", "label smoothing 
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--dataset", default="mnist5k")
-    parser.add_argument("--data-dir", default=str(REPO / "data" / "tfds"))
+    parser.add_argument("--data-dir", default=str(common.ROOT / "data" / "tfds"))
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--backbone", default="resnet20")
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--only", nargs="*", help="labels of the settings to run (default: all)")
-    parser.add_argument("--records", default=None, help="JSON-lines file of finished runs")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "image_quality.md"))
+    parser.add_argument("--records", default=None,
+                        help="JSON-lines file of finished runs (default: "
+                             "benchmarks/results/<name>.jsonl)")
     args = parser.parse_args()
+    common.pin(args.cpu)
 
     base = ImageConfig(
         dataset=args.dataset,
@@ -213,7 +207,7 @@ def main():
         verbose="0",
     )
     settings = [(label, o) for label, o in SETTINGS if not args.only or label in args.only]
-    records_path = pathlib.Path(args.records or pathlib.Path(args.out).with_suffix(".jsonl"))
+    records_path = pathlib.Path(args.records or common.RESULTS / f"{args.name}.jsonl")
     records = [json.loads(line) for line in records_path.read_text().splitlines()] if records_path.exists() else []
     done = {(r["setting"], r["seed"]) for r in records}
     started = time.perf_counter()
@@ -232,19 +226,16 @@ def main():
                 flush=True,
             )
     labels = [label for label, _ in settings]
-    command = "nice .venv/bin/python benchmarks/" + " ".join(
-        [pathlib.Path(sys.argv[0]).name, *map(shlex.quote, sys.argv[1:])]
-    )
     train_seconds = [r["metrics"]["train_seconds"] for r in records]
-    body = "\n\n".join(
+    common.write_results(
+        args.name,
+        "Image quality: ERA vs label smoothing vs dropout",
         [
-            "# Image quality: ERA vs label smoothing vs dropout",
-            f"Command: `{command}`",
             f"Scale: {args.dataset} through TFDS ({split_sizes(base)}), CIFAR-style "
             f"{args.backbone} width {args.width}, "
             f"{args.epochs} epochs, SGD-Nesterov 0.1, cosine with 1 warm-up epoch, batch 128, "
             f"weight decay 5e-4, crop augmentation; seeds 0..{args.seeds - 1}, each seed the same "
-            "initial weights and data order for every setting. 2 shared CPU cores; "
+            "initial weights and data order for every setting. "
             f"{len(records)} runs, {np.mean(train_seconds):.0f} s of training each on average. "
             "Mean ± sample standard deviation over seeds. ECE: 15 equal-width bins. "
             "'after T': temperature scaling fitted by NLL on the validation split.",
@@ -252,11 +243,9 @@ def main():
             paired_differences(records, labels, "label smoothing 0.1"),
             paired_differences(records, labels, "softmax (baseline)"),
             verdict(records, labels),
-        ]
+        ],
     )
-    pathlib.Path(args.out).write_text(body + "\n")
-    print(body)
-    print(f"\n{time.perf_counter() - started:.0f} s this invocation; wrote {args.out}")
+    print(f"{time.perf_counter() - started:.0f} s this invocation")
 
 
 if __name__ == "__main__":

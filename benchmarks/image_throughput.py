@@ -10,21 +10,17 @@ only the head differs. Variants run interleaved, round by round, after a warm-up
 - the input pipeline alone (iterating batches, no model).
 
 Reports medians over rounds and the ERA/plain ratio per round (median and range).
-Writes benchmarks/results/image_throughput.md.
+Pinned to one core (--cpu 1). Writes benchmarks/results/image_throughput.md.
 
     nice .venv/bin/python benchmarks/image_throughput.py --repeats 7
 """
 
-import argparse
-import pathlib
-import shlex
-import sys
 import time
 
+import common
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+common.setup()
 
 from pipelines.image.config import ImageConfig  # noqa: E402
 
@@ -67,17 +63,17 @@ def timed_iteration(ds, steps):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, cpu=1)
     parser.add_argument("--dataset", default="mnist5k")
-    parser.add_argument("--data-dir", default=str(REPO / "data" / "tfds"))
+    parser.add_argument("--data-dir", default=str(common.ROOT / "data" / "tfds"))
     parser.add_argument("--backbone", default="resnet20")
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=8, help="training steps per timed fit")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--era-inverse", default="exact")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "image_throughput.md"))
     args = parser.parse_args()
+    common.pin(args.cpu)
 
     import keras
     import tensorflow as tf
@@ -108,54 +104,40 @@ def main():
     }
     for run in variants.values():  # warm-up: tracing, the tf.data cache, thread pools
         run()
-    seconds = {name: [] for name in variants}
-    for round_ in range(args.repeats):
-        names = list(variants)
-        if round_ % 2:  # alternate the order, so neither head always runs first
-            names = names[::-1]
-        for name in names:
-            seconds[name].append(variants[name]())
-        print(f"round {round_ + 1}/{args.repeats} done", flush=True)
+    # Alternate the order, so neither head always runs first.
+    seconds = common.interleave(variants, args.repeats, order="alternate")
 
     rate = {name: args.batch_size / np.asarray(values) for name, values in seconds.items()}
-    lines = [
-        "| variant | images/s (median) | images/s 25-75% |",
-        "|---|---|---|",
-    ]
+    rows = []
     for name, values in rate.items():
-        q1, med, q3 = np.percentile(values, [25, 50, 75])
-        lines.append(f"| {name} | {med:,.0f} | {q1:,.0f}-{q3:,.0f} |")
+        q1, med, q3 = common.quartiles(values)
+        rows.append([name, f"{med:,.0f}", f"{q1:,.0f}-{q3:,.0f}"])
     ratios = []
     for pipeline in ("tf.data pipeline", "batch in memory"):
         era, plain = (np.asarray(seconds[f"{head} head, {pipeline}"]) for head in ("ERA", "plain"))
-        q1, med, q3 = np.percentile(era / plain, [25, 50, 75])
+        q1, med, q3 = common.quartiles(era / plain)
         # The fastest round of each is the least disturbed by other jobs on the machine.
         best = era.min() / plain.min()
-        ratios.append(
-            f"| {pipeline} | {med:.3f} | {q1:.3f}-{q3:.3f} | {best:.3f} | {100 * (best - 1):+.1f}% |"
-        )
+        ratios.append([pipeline, f"{med:.3f}", f"{q1:.3f}-{q3:.3f}", f"{best:.3f}",
+                       f"{100 * (best - 1):+.1f}%"])
     pipeline_ratio = np.median(rate["input pipeline alone"]) / np.median(rate["plain head, tf.data pipeline"])
     feed_ratio = np.median(rate["plain head, tf.data pipeline"]) / np.median(rate["plain head, batch in memory"])
-    command = "nice .venv/bin/python benchmarks/" + " ".join(
-        [pathlib.Path(sys.argv[0]).name, *map(shlex.quote, sys.argv[1:])]
-    )
-    body = "\n\n".join(
+    common.write_results(
+        args.name,
+        "Image throughput: ERA head vs plain head",
         [
-            "# Image throughput: ERA head vs plain head",
-            f"Command: `{command}`",
             f"Scale: {args.dataset}, CIFAR-style {args.backbone} width {args.width}, batch "
             f"{args.batch_size}, {args.steps} training steps per timed fit (timed from the end "
             f"of its first step to the end of its last), {args.repeats} interleaved rounds "
             "after a warm-up; ERA head: SoftmaxERA tight floor, H0 = 0.6, "
-            f"{args.era_inverse} inverse. TensorFlow {tf.__version__} on 2 shared CPU cores, no "
-            "GPU; other jobs were running, so absolute numbers are noisy, ratios less so.",
-            "\n".join(lines),
+            f"{args.era_inverse} inverse. No GPU; other jobs were running, so absolute "
+            "numbers are noisy, ratios less so.",
+            common.table(["variant", "images/s (median)", "images/s 25-75%"], rows),
             "ERA cost: time per training step, ERA head / plain head (median and 25-75% of "
             "the per-round ratios; and the ratio of the fastest rounds, with the overhead it "
             "implies):\n\n"
-            "| data | ratio (median) | ratio 25-75% | ratio of fastest | ERA overhead (fastest) |\n"
-            "|---|---|---|---|---|\n"
-            + "\n".join(ratios),
+            + common.table(["data", "ratio (median)", "ratio 25-75%", "ratio of fastest",
+                            "ERA overhead (fastest)"], ratios),
             f"Input pipeline: it delivers {pipeline_ratio:.1f}x the images/s that training "
             f"consumes, and training from it runs at {feed_ratio:.2f}x the speed of training "
             "from a batch already in memory: "
@@ -164,10 +146,8 @@ def main():
                 if pipeline_ratio > 1.5 and feed_ratio > 0.95
                 else "the input pipeline may be limiting training here."
             ),
-        ]
+        ],
     )
-    pathlib.Path(args.out).write_text(body + "\n")
-    print(body)
 
 
 if __name__ == "__main__":

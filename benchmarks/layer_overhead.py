@@ -10,18 +10,19 @@ interleaved, round after round, so machine noise hits them alike; the table give
 median time and the ratio of medians with the 25-75% range of per-round ratios.
 Then a ResNet-50 training step (keras.applications, weights=None, 1000 classes) with the
 plain softmax head and with SoftmaxERA, interleaved, to give ERA's share of a real step.
-Writes benchmarks/results/layer_overhead.md.
+Pinned to one core (--cpu 1) with the backend subprocesses. Writes
+benchmarks/results/layer_overhead.md.
 """
 
 import argparse
+import importlib
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import time
 
-RESULTS = pathlib.Path(__file__).parent / "results" / "layer_overhead.md"
+import common
 
 
 def compile_value_and_grad(loss_fn):
@@ -127,12 +128,15 @@ def time_interleaved(variants, repeats):
     for name, (_, args) in variants.items():
         for _ in range(3):  # compile and warm up
             block(compiled[name](*args))
-    times = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, (_, args) in variants.items():
-            start = time.perf_counter()
-            block(compiled[name](*args))
-            times[name].append(time.perf_counter() - start)
+
+    def timed(name):
+        args = variants[name][1]
+        start = time.perf_counter()
+        block(compiled[name](*args))
+        return time.perf_counter() - start
+
+    times = common.interleave({name: lambda name=name: timed(name) for name in variants},
+                              repeats, progress=False)
     return {name: np.array(t) for name, t in times.items()}
 
 
@@ -163,12 +167,13 @@ def resnet_step_times(batch, repeats, image_size=160):
         for _ in range(2):
             model.train_on_batch(x, y)
         models[name] = model
-    times = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, model in models.items():
-            start = time.perf_counter()
-            model.train_on_batch(x, y)
-            times[name].append(time.perf_counter() - start)
+    def timed(model):
+        start = time.perf_counter()
+        model.train_on_batch(x, y)
+        return time.perf_counter() - start
+
+    times = common.interleave({name: lambda m=model: timed(m) for name, model in models.items()},
+                              repeats, progress=False)
     return {name: np.array(t) for name, t in times.items()}
 
 
@@ -179,13 +184,13 @@ def summarise(times):
     base = names[0]
     rows = []
     for name in names:
-        ratio = times[name] / times[base]
+        q25, _, q75 = common.quartiles(times[name] / times[base])
         rows.append({
             "variant": name,
             "median_ms": float(np.median(times[name]) * 1e3),
             "ratio": float(np.median(times[name]) / np.median(times[base])),
-            "ratio_q25": float(np.quantile(ratio, 0.25)),
-            "ratio_q75": float(np.quantile(ratio, 0.75)),
+            "ratio_q25": q25,
+            "ratio_q75": q75,
         })
     return rows
 
@@ -194,7 +199,10 @@ def run_backend(args):
     """Child process: one backend, prints JSON results."""
     import keras
 
-    results = {"backend": keras.backend.backend(), "heads": [], "resnet": None}
+    backend = keras.backend.backend()
+    version = importlib.import_module(backend).__version__
+    results = {"backend": f"{backend} {version}, keras {keras.__version__}", "heads": [],
+               "resnet": None}
     for case, size, variants in head_cases():
         results["heads"].append(
             {"case": case, "size": size, "rows": summarise(time_interleaved(variants, args.repeats))}
@@ -211,15 +219,9 @@ def args_batch(result):
     return int(result["resnet"]["size"].split()[1].rstrip(","))
 
 
-def format_table(all_results, command, load_before, load_after):
+def format_sections(all_results):
     lines = [
-        "# ERA layer overhead (forward + backward)",
-        "",
-        f"Command: `{command}`",
-        "",
-        "Machine: 2-core CPU, no GPU, shared with other work (1-minute load average "
-        f"{load_before:.1f} at the start, {load_after:.1f} at the end).",
-        "Variants of a case ran interleaved round by round; `ratio` is the ratio of",
+        "No GPU. Variants of a case ran interleaved round by round; `ratio` is the ratio of",
         "medians to the case's first (plain) variant, with the 25-75% range of per-round ratios.",
         "",
     ]
@@ -254,7 +256,7 @@ def format_table(all_results, command, load_before, load_after):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, cpu=1)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--resnet-batch", type=int, default=16, help="0 skips the ResNet-50 step")
     parser.add_argument("--resnet-repeats", type=int, default=8)
@@ -264,9 +266,8 @@ def main():
     if args.child:
         run_backend(args)
         return
-    command = "python benchmarks/layer_overhead.py " + " ".join(sys.argv[1:])
+    common.pin(args.cpu)  # the backend subprocesses inherit the pinning
     all_results = []
-    load_before = os.getloadavg()[0]
     for backend in args.backends.split(","):
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
         out = subprocess.run(
@@ -274,10 +275,8 @@ def main():
             env=env, capture_output=True, text=True, check=True,
         ).stdout
         all_results.append(json.loads(out.split("RESULT ", 1)[1]))
-    table = format_table(all_results, command.strip(), load_before, os.getloadavg()[0])
-    print(table)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(table + "\n")
+    common.write_results(args.name, "ERA layer overhead (forward + backward)",
+                         [format_sections(all_results)])
 
 
 if __name__ == "__main__":

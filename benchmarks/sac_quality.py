@@ -5,13 +5,12 @@ networks, replay, evaluation with the deterministic policy), runs interleaved as
 seed -> task -> agent, and reports per task and agent the final evaluation return and the
 entropy of the executed (squashed) policy as mean +- standard deviation over seeds, with
 every seed's value, plus learning and entropy curves. Each finished run is appended to
-benchmarks/results/sac_quality_runs.jsonl, so an interrupted benchmark picks up where it
-stopped. Writes benchmarks/results/sac_quality.md and sac_quality_curves.png.
+benchmarks/results/<name>_runs.jsonl, so an interrupted benchmark picks up where it
+stopped. Writes benchmarks/results/<name>.md and <name>_curves.png (name: sac_quality).
 
     nice .venv/bin/python benchmarks/sac_quality.py --steps 10000 --seeds 3
 """
 
-import argparse
 import json
 import os
 import pathlib
@@ -21,11 +20,9 @@ import sys
 import tempfile
 import time
 
+import common
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
-RUNS_FILE = RESULTS / "sac_quality_runs.jsonl"
 # Agent variants: name -> pipeline options.
 AGENTS = {
     "era": ["--agent", "era", "--squash", "tanh"],
@@ -48,7 +45,7 @@ def run_one(task, agent, seed, args, workdir):
     ]
     # Run in the scratch dir (MuJoCo writes MUJOCO_LOG.TXT into the working directory).
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db",
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": str(common.ROOT)}
     started = time.perf_counter()
     done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -57,13 +54,12 @@ def run_one(task, agent, seed, args, workdir):
 
     import mlflow
 
+    from pipelines.common.metrics import metric_history
+
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    client = mlflow.tracking.MlflowClient()
-    curves = {}
-    for name in CURVES:
-        history = sorted((m.step, m.value) for m in client.get_metric_history(result["run_id"], name))
-        if history:
-            curves[name] = history
+    curves = {name: [list(point) for point in zip(steps, values)]
+              for name, (steps, values) in metric_history(result["run_id"], CURVES).items()
+              if steps}
     return {
         "task": task, "agent": agent, "seed": seed, "steps": args.steps,
         "final_return": result["eval/return"],
@@ -73,10 +69,14 @@ def run_one(task, agent, seed, args, workdir):
     }
 
 
+def runs_file(args):
+    return common.RESULTS / f"{args.name}_runs.jsonl"
+
+
 def load_runs(args):
-    if not RUNS_FILE.exists():
+    if not runs_file(args).exists():
         return []
-    runs = [json.loads(line) for line in RUNS_FILE.read_text().splitlines() if line]
+    runs = [json.loads(line) for line in runs_file(args).read_text().splitlines() if line]
     return [r for r in runs if r["steps"] == args.steps]
 
 
@@ -120,18 +120,14 @@ def plot(runs, tasks, path):
     plt.close(fig)
 
 
-def write_table(runs, tasks, args, command):
+def write_table(runs, tasks, args):
     lines = [
-        "# SAC quality: ERA-SAC vs SAC (TF-Agents, this repo's pipeline)",
-        "",
-        f"Command: `{command}`",
-        "",
         f"Scale: {args.steps} env steps per run ({args.warmup} random warm-up), "
         f"{len(set(r['seed'] for r in runs))} seeds, nets {'x'.join(map(str, args.hidden))} "
         f"ELU (critic LayerNorm), batch 256, {args.updates} update(s) per env step, "
         f"evaluation every {args.eval_every} steps over {args.eval_episodes} episodes with the "
         "deterministic policy. The paper trains 1e6 steps with 512x512 nets and 2 updates per "
-        "step: these runs are ~1% of that, on a shared 2-core CPU.",
+        "step: these runs are ~1% of that.",
         "",
         "era: tanh-squashed Gaussian ERA; era-truncated: the authors' normal truncated to "
         "(-1, 1) around tanh(mu); both H0 = 0.25 nats per action dim, delta auto-tuned "
@@ -152,21 +148,21 @@ def write_table(runs, tasks, args, command):
         )
     others = [r for r in runs if r["task"] not in tasks]
     if others:
-        lines += ["", "Runs of other tasks in `sac_quality_runs.jsonl` (same settings):", ""]
+        lines += ["", f"Runs of other tasks in `{runs_file(args).name}` (same settings):", ""]
         lines += [f"- {r['task']} {r['agent']} seed {r['seed']}: final eval return "
                   f"{r['final_return']:.1f}, executed entropy {r['final_entropy']:.2f}"
                   for r in others]
-    lines += ["", "Curves: `sac_quality_curves.png` (one line per seed).", ""]
+    lines += ["", f"Curves: `{args.name}_curves.png` (one line per seed).", ""]
     return "\n".join(lines)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--tasks", nargs="+", default=["HalfCheetah-v5", "cheetah-run"])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--report-only", action="store_true",
-                        help="rewrite the table and plot from sac_quality_runs.jsonl, run nothing")
+                        help="rewrite the table and plot from <name>_runs.jsonl, run nothing")
     parser.add_argument("--agents", nargs="+", choices=sorted(AGENTS), default=["era", "sac"])
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--warmup", type=int, default=2_000)
@@ -175,12 +171,12 @@ def main():
     parser.add_argument("--eval-every", type=int, default=2_000)
     parser.add_argument("--eval-episodes", type=int, default=3)
     args = parser.parse_args()
-    command = "nice .venv/bin/python benchmarks/sac_quality.py " + shlex.join(sys.argv[1:])
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    common.pin(args.cpu)
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
 
     runs = load_runs(args)
     if args.report_only:
-        print(write_results(runs, args, command))
+        write_results(runs, args)
         return
     done = {(r["task"], r["agent"], r["seed"]) for r in runs}
     with tempfile.TemporaryDirectory(prefix="sac_quality_") as workdir:
@@ -191,24 +187,20 @@ def main():
                         continue
                     run = run_one(task, agent, seed, args, workdir)
                     runs.append(run)
-                    with RUNS_FILE.open("a") as handle:
+                    with runs_file(args).open("a") as handle:
                         handle.write(json.dumps(run) + "\n")
                     print(f"{task} {agent} seed {seed}: return {run['final_return']:.1f}, "
                           f"entropy {run['final_entropy']:.2f}, {run['seconds']:.0f}s", flush=True)
-                    write_results(runs, args, command)
-    print(write_results(runs, args, command))
+                    write_results(runs, args)
+    write_results(runs, args)
 
 
-def write_results(runs, args, command):
-    """Write the table, keeping a hand-written `## Reading` section of an earlier file."""
-    path = RESULTS / "sac_quality.md"
-    table = write_table(runs, args.tasks, args, command)
-    old = path.read_text() if path.exists() else ""
-    reading = old[old.index("## Reading"):] if "## Reading" in old else ""
-    path.write_text(table + ("\n" + reading if reading else ""))
+def write_results(runs, args):
+    """Write the table (keeping a hand-written `## Reading` section) and the curves."""
+    common.write_results(args.name, "SAC quality: ERA-SAC vs SAC (TF-Agents, this repo's pipeline)",
+                         [write_table(runs, args.tasks, args)])
     plot([r for r in runs if r["task"] in args.tasks], args.tasks,
-         RESULTS / "sac_quality_curves.png")
-    return table
+         common.RESULTS / f"{args.name}_curves.png")
 
 
 if __name__ == "__main__":

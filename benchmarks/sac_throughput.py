@@ -6,28 +6,21 @@ compiled `agent.train`), SB3 with `SAC("MlpPolicy", net_arch=[...])`. Each imple
 first fills its replay buffer with random steps and runs untimed warm-up updates (tracing),
 then every round times a block of updates of each implementation in turn, so machine noise
 hits them alike. The table gives the median over rounds and the ratio of medians with the
-range of per-round ratios. Writes benchmarks/results/sac_throughput.md.
+range of per-round ratios. Pinned to one core (--cpu 1). Writes
+benchmarks/results/sac_throughput.md.
 
     nice .venv/bin/python benchmarks/sac_throughput.py --rounds 5 --updates 200
 """
 
-import argparse
 import os
 import pathlib
-import shlex
-import sys
 import tempfile
 import time
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ["KERAS_BACKEND"] = "tensorflow"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import common
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-RESULTS = REPO / "benchmarks" / "results" / "sac_throughput.md"
+common.setup(legacy_keras=True)
 
 
 class TFAgentsSac:
@@ -67,7 +60,7 @@ class StableBaselinesSac:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, cpu=1)
     parser.add_argument("--env", default="HalfCheetah-v5")
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     parser.add_argument("--batch", type=int, default=256)
@@ -80,7 +73,7 @@ def main():
                         "shared, oversubscribed CPU, torch's 2-thread OpenMP pool spins and "
                         "drops to ~1 update/s, so the default is 1 thread each")
     args = parser.parse_args()
-    command = "nice .venv/bin/python benchmarks/sac_throughput.py " + shlex.join(sys.argv[1:])
+    common.pin(args.cpu)
 
     import tensorflow as tf
     import torch
@@ -99,14 +92,16 @@ def main():
         }
         for implementation in implementations.values():
             implementation.updates(args.warmup_updates)
-        rates = {name: [] for name in implementations}
-        for round_index in range(args.rounds):
-            for name, implementation in implementations.items():
-                started = time.perf_counter()
-                implementation.updates(args.updates)
-                rates[name].append(args.updates / (time.perf_counter() - started))
-            print(f"round {round_index + 1}: " + ", ".join(
-                f"{name.split(' (')[0]} {rates[name][-1]:.0f}/s" for name in rates), flush=True)
+
+        def rate(implementation):
+            started = time.perf_counter()
+            implementation.updates(args.updates)
+            return args.updates / (time.perf_counter() - started)
+
+        rates = common.interleave(
+            {name: lambda i=implementation: rate(i)
+             for name, implementation in implementations.items()},
+            args.rounds)
 
     names = list(rates)
     era, sac, sb3 = (np.array(rates[name]) for name in names)
@@ -117,26 +112,16 @@ def main():
         return f"{np.median(a) / np.median(b):.3f} (per round {per_round.min():.3f}-{per_round.max():.3f})"
 
     lines = [
-        "# SAC throughput: gradient steps per second on CPU",
-        "",
-        f"Command: `{command}`",
-        "",
         f"Task {args.env}, nets {'x'.join(map(str, args.hidden))} (TF-Agents: ELU, critic "
         f"LayerNorm; SB3: its MlpPolicy, ReLU), batch {args.batch}, replay filled with "
         f"{args.fill} random steps, {args.warmup_updates} untimed warm-up updates, then "
         f"{args.rounds} interleaved rounds of {args.updates} updates each. TF {tf.__version__}, "
         f"torch {torch.__version__}; {args.threads} intra-op thread(s) and 1 inter-op thread for "
-        "both, "
-        f"on a 2-core CPU shared with other work (load average at the end: "
-        f"{os.getloadavg()[0]:.1f}), run under `nice`.",
+        "both.",
         "",
-        "| implementation | grad steps/s (median) | all rounds |",
-        "|---|---|---|",
-    ]
-    for name in names:
-        lines.append(f"| {name} | {median[name]:.1f} | "
-                     + ", ".join(f"{r:.0f}" for r in rates[name]) + " |")
-    lines += [
+        common.table(["implementation", "grad steps/s (median)", "all rounds"],
+                     [[name, f"{median[name]:.1f}", ", ".join(f"{r:.0f}" for r in rates[name])]
+                      for name in names]),
         "",
         f"- ERA-SAC / TF-Agents SAC: {ratio(era, sac)} (target >= 0.95)",
         f"- ERA-SAC / Stable-Baselines3 SAC: {ratio(era, sb3)}",
@@ -145,11 +130,9 @@ def main():
         "An update is one critic, actor and alpha (SAC) or delta (ERA) step including the "
         "replay sample; ERA's update also estimates the squashed policy's entropy "
         "(4 Monte Carlo samples per state) for delta.",
-        "",
     ]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines))
-    print("\n".join(lines))
+    common.write_results(args.name, "SAC throughput: gradient steps per second on CPU",
+                         ["\n".join(lines)])
 
 
 if __name__ == "__main__":

@@ -14,26 +14,24 @@ Settings are interleaved within every round (order shuffled per round); a round 
 `--calls` predictions per setting and keeps the median. Reported: mean and standard
 deviation over rounds of those medians, and the ERA/plain ratio per round. Random-init
 weights: latency does not depend on training. No TF Serving binary exists here, so TF
-Serving's own HTTP/gRPC overhead is not measured.
+Serving's own HTTP/gRPC overhead is not measured. Pinned to one core (--cpu 1), the
+MLflow servers included.
 
     nice .venv/bin/python benchmarks/serving_latency.py --rounds 5 --calls 30
 """
 
-import argparse
 import os
 import pathlib
-import shlex
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 
+import common
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+common.setup()
 
 HEADS = ("plain", "era")
 
@@ -116,23 +114,16 @@ def start_mlflow_server(saved_model_dir, workdir):
     return server, client
 
 
-def summarise(values):
-    values = np.asarray(values)
-    return f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}"
-
-
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = common.parser(__doc__, cpu=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=30, help="timed calls per setting per round")
     parser.add_argument("--classes", type=int, nargs="+", default=[10, 1000])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--rest-classes", type=int, default=10,
                         help="class count of the models also served over MLflow REST")
-    parser.add_argument("--output", default=str(REPO / "benchmarks/results/serving_latency.md"))
     args = parser.parse_args()
-
-    import tensorflow as tf
+    common.pin(args.cpu)  # before the MLflow servers start: they inherit it
 
     from serving.signature_runner import SignatureRunner
 
@@ -157,15 +148,16 @@ def main():
                  for batch in args.batches for head in HEADS]
     inputs = {batch: {"images": rng.integers(0, 256, (batch, 28, 28, 1), dtype=np.uint8)}
               for batch in args.batches}
-    results = {setting: [] for setting in settings}
+
+    def measure(setting):
+        path, head, classes, batch = setting
+        predict = runners[(head, classes)] if path == "session" else clients[head].predict
+        return median_ms(predict, inputs[batch], args.calls)
+
     try:
-        for round_index in range(args.rounds):
-            for index in rng.permutation(len(settings)):
-                path, head, classes, batch = settings[index]
-                predict = (runners[(head, classes)] if path == "session"
-                           else clients[head].predict)
-                results[settings[index]].append(median_ms(predict, inputs[batch], args.calls))
-            print(f"round {round_index + 1}/{args.rounds} done", flush=True)
+        results = common.interleave(
+            {setting: lambda s=setting: measure(s) for setting in settings},
+            args.rounds, order="shuffle")
     finally:
         for server in servers:
             server.terminate()
@@ -177,33 +169,21 @@ def main():
             continue
         plain = np.asarray(results[(path, "plain", classes, batch)])
         era = np.asarray(results[(path, "era", classes, batch)])
-        rows.append(
-            f"| {path} | {classes} | {batch} | {summarise(plain)} | {summarise(era)} "
-            f"| {summarise(era / plain)} |"
-        )
-    command = "nice .venv/bin/python benchmarks/serving_latency.py " + shlex.join(sys.argv[1:])
-    table = "\n".join([
-        "| path | classes | batch | plain ms/request | ERA ms/request | ERA / plain |",
-        "|---|---|---|---|---|---|",
-        *rows,
-    ])
-    report = "\n".join([
-        "# Serving latency: plain softmax vs softmax-ERA head, same SavedModel path",
-        "",
-        f"Command: `{command.strip()}`",
-        "",
-        f"Machine: {os.cpu_count()} CPU cores shared with other jobs, TensorFlow "
-        f"{tf.__version__}, no GPU. {args.rounds} rounds x {args.calls} timed calls per "
-        "setting, settings interleaved in a shuffled order each round; mean ± sd over "
-        "rounds of the per-round median; the ratio is taken per round.",
-        "Model: 2 strided 3x3 convs (16, 32 filters) + global average pool + dense head, "
-        "28x28x1 uint8 input, random init; ERA: SoftmaxERA(H0=0.6, tight, exact W_-1).",
-        "",
-        table,
-        "",
-    ])
-    print(report)
-    pathlib.Path(args.output).write_text(report)
+        rows.append([path, classes, batch, common.format_mean_sd(plain),
+                     common.format_mean_sd(era), common.format_mean_sd(era / plain)])
+    common.write_results(
+        args.name,
+        "Serving latency: plain softmax vs softmax-ERA head, same SavedModel path",
+        [
+            f"No GPU. {args.rounds} rounds x {args.calls} timed calls per setting, settings "
+            "interleaved in a shuffled order each round; mean ± sd over rounds of the "
+            "per-round median; the ratio is taken per round.\n"
+            "Model: 2 strided 3x3 convs (16, 32 filters) + global average pool + dense head, "
+            "28x28x1 uint8 input, random init; ERA: SoftmaxERA(H0=0.6, tight, exact W_-1).",
+            common.table(["path", "classes", "batch", "plain ms/request", "ERA ms/request",
+                          "ERA / plain"], rows),
+        ],
+    )
 
 
 if __name__ == "__main__":
