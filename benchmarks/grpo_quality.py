@@ -14,7 +14,6 @@ benchmarks/results/grpo_quality.md; the per-run curves go to grpo_quality.json a
 to grpo_quality.png. Every run is tracked in MLflow (a store under --work-dir by default).
 """
 
-import dataclasses
 import json
 import os
 import pathlib

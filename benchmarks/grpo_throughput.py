@@ -105,13 +105,14 @@ def main():
     same = all(abs(a["response_length"] - b["response_length"]) < 1e-9
                for a, b in zip(rows["vanilla"], rows["era"]))
     v, e = summary["vanilla"], summary["era"]
+    start = f"preset {args.preset}" if args.preset else f"{args.warm_start_steps}-step warm start"
     lines = [
         f"Keras backend {keras.backend.backend()}. "
         f"{args.blocks} blocks of {args.steps} interleaved steps per arm after "
         f"{args.warmup_steps} warm-up steps; "
         f"{args.prompts_per_step} prompts x group {args.group_size}, "
         f"~{v['tokens']:.0f} generated tokens per step. Identical rollouts in both arms: {same}. "
-        f"Start: {'preset ' + args.preset if args.preset else f'{args.warm_start_steps}-step warm start'}. "
+        f"Start: {start}. "
         f"ERA omega_low = measured median H_resp ({median_h:.3f} nats), so it scaled "
         f"{e['scaled_up']:.1%} of tokens up.", "",
         "Medians over all steps:", "",
@@ -119,8 +120,10 @@ def main():
         f"| tokens/s, whole step (rollout + update) | {v['tokens_per_s']:.0f} | "
         f"{e['tokens_per_s']:.0f} | {e['tokens_per_s'] / v['tokens_per_s']:.3f} |",
         f"| tokens/s, update only | {v['update_tokens_per_s']:.0f} | "
-        f"{e['update_tokens_per_s']:.0f} | {e['update_tokens_per_s'] / v['update_tokens_per_s']:.3f} |",
-        f"| step ms | {v['step_ms']:.1f} | {e['step_ms']:.1f} | {e['step_ms'] / v['step_ms']:.3f} |",
+        f"{e['update_tokens_per_s']:.0f} | "
+        f"{e['update_tokens_per_s'] / v['update_tokens_per_s']:.3f} |",
+        f"| step ms | {v['step_ms']:.1f} | {e['step_ms']:.1f} | "
+        f"{e['step_ms'] / v['step_ms']:.3f} |",
         f"| rollout ms | {v['rollout_ms']:.1f} | {e['rollout_ms']:.1f} | "
         f"{e['rollout_ms'] / v['rollout_ms']:.3f} |",
         f"| update ms | {v['update_ms']:.1f} | {e['update_ms']:.1f} | "
@@ -131,10 +134,9 @@ def main():
         *[f"| {b + 1} | {s_:.3f} | {r:.3f} | {u:.3f} |" for b, (s_, r, u) in enumerate(zip(
             block_ratio("step_seconds"), block_ratio("rollout_seconds"),
             block_ratio("update_seconds")))],
-        f"| mean ± std | {np.mean(block_ratio('step_seconds')):.3f} ± "
-        f"{np.std(block_ratio('step_seconds')):.3f} | {np.mean(block_ratio('rollout_seconds')):.3f} ± "
-        f"{np.std(block_ratio('rollout_seconds')):.3f} | {np.mean(block_ratio('update_seconds')):.3f} ± "
-        f"{np.std(block_ratio('update_seconds')):.3f} |",
+        "| mean ± std | " + " | ".join(
+            f"{np.mean(block_ratio(key)):.3f} ± {np.std(block_ratio(key)):.3f}"
+            for key in ("step_seconds", "rollout_seconds", "update_seconds")) + " |",
         "",
         "The rollout is the same computation in both arms, so its ratio shows the noise of "
         "this shared machine.",

@@ -33,11 +33,13 @@ SETTINGS = [
     ("label smoothing 0.2", dict(head="label_smoothing", label_smoothing=0.2)),
     ("dropout 0.2", dict(head="dropout", dropout=0.2)),
     ("ERA paper H0=0.6", dict(head="era", era_floor="paper", target_entropy=0.6)),
-    ("ERA paper H0=0.6 + LS 0.1", dict(head="era_label_smoothing", era_floor="paper", target_entropy=0.6)),
+    ("ERA paper H0=0.6 + LS 0.1",
+     dict(head="era_label_smoothing", era_floor="paper", target_entropy=0.6)),
     ("ERA tight H0=0.1", dict(head="era", era_floor="tight", target_entropy=0.1)),
     ("ERA tight H0=0.3", dict(head="era", era_floor="tight", target_entropy=0.3)),
     ("ERA tight H0=0.6", dict(head="era", era_floor="tight", target_entropy=0.6)),
-    ("ERA tight H0=0.3 + LS 0.1", dict(head="era_label_smoothing", era_floor="tight", target_entropy=0.3)),
+    ("ERA tight H0=0.3 + LS 0.1",
+     dict(head="era_label_smoothing", era_floor="tight", target_entropy=0.3)),
 ]
 
 
@@ -65,6 +67,10 @@ def fmt(values, scale=1.0, digits=2):
     return common.format_mean_sd(values, digits=digits, scale=scale)
 
 
+def values(rows, key):
+    return [r["metrics"][key] for r in rows]
+
+
 def table(records, labels, seeds):
     by_label = {label: [r for r in records if r["setting"] == label] for label in labels}
     lines = [
@@ -75,13 +81,14 @@ def table(records, labels, seeds):
         rows = by_label[label]
         if not rows:
             continue
-        m = lambda key: [r["metrics"][key] for r in rows]  # noqa: E731
         lines.append(
-            f"| {label} | {len(rows)} | {fmt(m('test/top1'), 100)} | {fmt(m('test/nll'), 1, 3)} | "
-            f"{fmt(m('test/ece'), 100)} | {fmt(m('test/ece_calibrated'), 100)} | "
-            f"{fmt(m('test/nll_calibrated'), 1, 3)} |"
+            f"| {label} | {len(rows)} | {fmt(values(rows, 'test/top1'), 100)} "
+            f"| {fmt(values(rows, 'test/nll'), 1, 3)} | {fmt(values(rows, 'test/ece'), 100)} "
+            f"| {fmt(values(rows, 'test/ece_calibrated'), 100)} "
+            f"| {fmt(values(rows, 'test/nll_calibrated'), 1, 3)} |"
         )
-    era = [label for label in labels if by_label[label] and "test/ece_era_off" in by_label[label][0]["metrics"]]
+    era = [label for label in labels
+           if by_label[label] and "test/ece_era_off" in by_label[label][0]["metrics"]]
     lines += [
         "",
         "ERA models with the floor on and off at inference (same weights; argmax, hence "
@@ -93,12 +100,14 @@ def table(records, labels, seeds):
     ]
     for label in era:
         rows = by_label[label]
-        m = lambda key: [r["metrics"][key] for r in rows]  # noqa: E731
         lines.append(
-            f"| {label} | {fmt(m('test/nll_era_on'), 1, 3)} | {fmt(m('test/nll_era_off'), 1, 3)} | "
-            f"{fmt(m('test/ece_era_on'), 100)} | {fmt(m('test/ece_era_off'), 100)} | "
-            f"{fmt(m('test/ece_era_off_calibrated'), 100)} | "
-            f"{fmt(m('test/entropy_mean_era_on'), 1, 3)} | {fmt(m('test/entropy_mean_era_off'), 1, 3)} |"
+            f"| {label} | {fmt(values(rows, 'test/nll_era_on'), 1, 3)} "
+            f"| {fmt(values(rows, 'test/nll_era_off'), 1, 3)} "
+            f"| {fmt(values(rows, 'test/ece_era_on'), 100)} "
+            f"| {fmt(values(rows, 'test/ece_era_off'), 100)} "
+            f"| {fmt(values(rows, 'test/ece_era_off_calibrated'), 100)} "
+            f"| {fmt(values(rows, 'test/entropy_mean_era_on'), 1, 3)} "
+            f"| {fmt(values(rows, 'test/entropy_mean_era_off'), 1, 3)} |"
         )
     return "\n".join(lines)
 
@@ -176,9 +185,11 @@ def verdict(records, labels, references=("softmax (baseline)", "label smoothing 
     lines.append("")
     for reference, better in winners.items():
         if better:
-            lines.append(f"ERA settings that beat {reference} beyond seed noise: {', '.join(better)}.")
+            lines.append(f"ERA settings that beat {reference} beyond seed noise: "
+                         f"{', '.join(better)}.")
         else:
-            lines.append(f"No ERA setting beats {reference} in top-1 beyond seed noise at this scale.")
+            lines.append(f"No ERA setting beats {reference} in top-1 beyond seed noise "
+                         "at this scale.")
     return "\n".join(lines)
 
 
@@ -208,7 +219,9 @@ def main():
     )
     settings = [(label, o) for label, o in SETTINGS if not args.only or label in args.only]
     records_path = pathlib.Path(args.records or common.RESULTS / f"{args.name}.jsonl")
-    records = [json.loads(line) for line in records_path.read_text().splitlines()] if records_path.exists() else []
+    records = []
+    if records_path.exists():
+        records = [json.loads(line) for line in records_path.read_text().splitlines()]
     done = {(r["setting"], r["seed"]) for r in records}
     started = time.perf_counter()
     for seed in range(args.seeds):  # seeds outer, settings inner: runs interleaved
@@ -221,8 +234,9 @@ def main():
             with records_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             print(
-                f"seed {seed} {label}: top1 {metrics['test/top1']:.4f} nll {metrics['test/nll']:.4f} "
-                f"ece {metrics['test/ece']:.4f} ({metrics['train_seconds']:.0f}s)",
+                f"seed {seed} {label}: top1 {metrics['test/top1']:.4f} "
+                f"nll {metrics['test/nll']:.4f} ece {metrics['test/ece']:.4f} "
+                f"({metrics['train_seconds']:.0f}s)",
                 flush=True,
             )
     labels = [label for label, _ in settings]

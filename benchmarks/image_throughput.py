@@ -95,11 +95,12 @@ def main():
         keras.utils.set_random_seed(0)
         config = ImageConfig(**{**base.__dict__, "head": head})
         models[head], _ = training.compiled_model(config, inputs)
+    train, steps = inputs.train, args.steps
     variants = {
-        "plain head, tf.data pipeline": lambda: timed_fit(models["softmax"], inputs.train, args.steps),
-        "ERA head, tf.data pipeline": lambda: timed_fit(models["era"], inputs.train, args.steps),
-        "plain head, batch in memory": lambda: timed_fit(models["softmax"], in_memory, args.steps),
-        "ERA head, batch in memory": lambda: timed_fit(models["era"], in_memory, args.steps),
+        "plain head, tf.data pipeline": lambda: timed_fit(models["softmax"], train, steps),
+        "ERA head, tf.data pipeline": lambda: timed_fit(models["era"], train, steps),
+        "plain head, batch in memory": lambda: timed_fit(models["softmax"], in_memory, steps),
+        "ERA head, batch in memory": lambda: timed_fit(models["era"], in_memory, steps),
         "input pipeline alone": lambda: timed_iteration(inputs.train, args.steps),
     }
     for run in variants.values():  # warm-up: tracing, the tf.data cache, thread pools
@@ -120,8 +121,9 @@ def main():
         best = era.min() / plain.min()
         ratios.append([pipeline, f"{med:.3f}", f"{q1:.3f}-{q3:.3f}", f"{best:.3f}",
                        f"{100 * (best - 1):+.1f}%"])
-    pipeline_ratio = np.median(rate["input pipeline alone"]) / np.median(rate["plain head, tf.data pipeline"])
-    feed_ratio = np.median(rate["plain head, tf.data pipeline"]) / np.median(rate["plain head, batch in memory"])
+    median = {name: np.median(values) for name, values in rate.items()}
+    pipeline_ratio = median["input pipeline alone"] / median["plain head, tf.data pipeline"]
+    feed_ratio = median["plain head, tf.data pipeline"] / median["plain head, batch in memory"]
     common.write_results(
         args.name,
         "Image throughput: ERA head vs plain head",

@@ -87,13 +87,14 @@ def head_cases():
         def clipped(raw, mu, noise):
             return sample_loss(mu, ops.exp(ops.clip(raw, -8.0, 0.0)), noise)
 
-        def era(raw, mu, noise):
+        def era(raw, mu, noise, dim=dim):  # bind this case's dim, not the loop's last
             _, std = era_keras.gaussian_era(mu, raw, 0.25 * dim)
             return sample_loss(mu, std, noise)
 
         cases.append((
             f"Gaussian policy D={dim}", f"batch {batch}",
-            {"clipped log-std": (clipped, (raw, mu, noise)), "GaussianERA": (era, (raw, mu, noise))},
+            {"clipped log-std": (clipped, (raw, mu, noise)),
+             "GaussianERA": (era, (raw, mu, noise))},
         ))
 
     batch, length, vocab = 8, 128, 8192
@@ -116,7 +117,8 @@ def head_cases():
 
     cases.append((
         f"GRPO token loss V={vocab}", f"{batch}x{length} tokens",
-        {"log-softmax PG": (plain, (logits, tokens, advantages)), "LogitERA": (era, (logits, tokens, advantages))},
+        {"log-softmax PG": (plain, (logits, tokens, advantages)),
+         "LogitERA": (era, (logits, tokens, advantages))},
     ))
     return cases
 
@@ -204,9 +206,8 @@ def run_backend(args):
     results = {"backend": f"{backend} {version}, keras {keras.__version__}", "heads": [],
                "resnet": None}
     for case, size, variants in head_cases():
-        results["heads"].append(
-            {"case": case, "size": size, "rows": summarise(time_interleaved(variants, args.repeats))}
-        )
+        rows = summarise(time_interleaved(variants, args.repeats))
+        results["heads"].append({"case": case, "size": size, "rows": rows})
     if args.resnet_batch:
         results["resnet"] = {
             "size": f"batch {args.resnet_batch}, 160x160x3, 1000 classes",
@@ -232,8 +233,9 @@ def format_sections(all_results):
         for head in res["heads"]:
             for row in head["rows"]:
                 lines.append(
-                    f"| {head['case']} | {head['size']} | {row['variant']} | {row['median_ms']:.3f} "
-                    f"| {row['ratio']:.2f} | {row['ratio_q25']:.2f}-{row['ratio_q75']:.2f} |"
+                    f"| {head['case']} | {head['size']} | {row['variant']} "
+                    f"| {row['median_ms']:.3f} | {row['ratio']:.2f} "
+                    f"| {row['ratio_q25']:.2f}-{row['ratio_q75']:.2f} |"
                 )
         if res["resnet"]:
             # The direct A/B of whole steps is as noisy as the machine; the head-only

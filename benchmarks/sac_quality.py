@@ -135,17 +135,16 @@ def write_table(runs, tasks, args):
         "SacAgent, alpha (initially 1) auto-tuned towards -dim(A). Same networks, optimizers, "
         "replay and seeds.",
         "",
-        "| task | agent | final eval return (mean +- sd) | per seed | executed entropy (nats, mean +- sd) | minutes per run |",
+        "| task | agent | final eval return (mean +- sd) | per seed "
+        "| executed entropy (nats, mean +- sd) | minutes per run |",
         "|---|---|---|---|---|---|",
     ]
     for task, agent, mine, returns, entropies in summarise(runs, tasks):
         per_seed = ", ".join(f"{r['final_return']:.0f}" for r in mine)
         minutes = np.mean([r["seconds"] for r in mine]) / 60
-        lines.append(
-            f"| {task} | {agent} | {returns.mean():.1f} +- {returns.std(ddof=1) if len(mine) > 1 else 0:.1f} "
-            f"| {per_seed} | {entropies.mean():.2f} +- {entropies.std(ddof=1) if len(mine) > 1 else 0:.2f} "
-            f"| {minutes:.1f} |"
-        )
+        (r_mean, r_sd), (h_mean, h_sd) = common.mean_sd(returns), common.mean_sd(entropies)
+        lines.append(f"| {task} | {agent} | {r_mean:.1f} +- {r_sd:.1f} | {per_seed} "
+                     f"| {h_mean:.2f} +- {h_sd:.2f} | {minutes:.1f} |")
     others = [r for r in runs if r["task"] not in tasks]
     if others:
         lines += ["", f"Runs of other tasks in `{runs_file(args).name}` (same settings):", ""]

@@ -109,7 +109,8 @@ def main():
 
     def ratio(a, b):
         per_round = a / b
-        return f"{np.median(a) / np.median(b):.3f} (per round {per_round.min():.3f}-{per_round.max():.3f})"
+        return (f"{np.median(a) / np.median(b):.3f} "
+                f"(per round {per_round.min():.3f}-{per_round.max():.3f})")
 
     lines = [
         f"Task {args.env}, nets {'x'.join(map(str, args.hidden))} (TF-Agents: ELU, critic "

@@ -41,3 +41,28 @@ from era_keras.softmax import (
 )
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "EntropyFloor",
+    "GaussianERA",
+    "LogitERA",
+    "SoftmaxERA",
+    "admissible_range",
+    "check_target_entropy",
+    "delta_loss",
+    "entropy_floor",
+    "entropy_range",
+    "era_scales",
+    "expected_calibration_error",
+    "fit_temperature",
+    "gaussian_entropy",
+    "gaussian_era",
+    "gaussian_era_log_std",
+    "lambertw_m1_from_log",
+    "negative_log_likelihood",
+    "response_entropy",
+    "softmax_era",
+    "tanh_gaussian_entropy",
+    "token_entropy",
+    "token_log_probs",
+]

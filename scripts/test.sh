@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh), then run the tests: everything on the TensorFlow backend, and
+# Set up (scripts/setup.sh), lint (ruff, configured in pyproject.toml; a finding fails the
+# run before any test), then run the tests: everything on the TensorFlow backend, and
 # the era_keras layer tests again on JAX and PyTorch, each backend in its own process.
 #   scripts/test.sh          fast suite (slow end-to-end tests skipped)
 #   scripts/test.sh --all    everything, slow end-to-end runs included (what CI runs)
@@ -10,6 +11,7 @@ scripts/setup.sh
 marker="not slow"
 if [ "${1:-}" = "--all" ]; then marker="slow or not slow"; shift; fi
 export PYTHONHASHSEED=0 TF_CPP_MIN_LOG_LEVEL=2
+.venv/bin/ruff check era_keras benchmarks tests/era_keras tests/*.py
 status=0
 KERAS_BACKEND=tensorflow .venv/bin/python -m pytest -m "$marker" --ignore=tests/sac "$@" || status=1
 # TF-Agents needs tf.keras to be Keras 2 (TF_USE_LEGACY_KERAS=1, set by tests/sac/conftest.py)

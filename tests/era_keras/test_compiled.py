@@ -31,14 +31,18 @@ RNG = np.random.default_rng(0)
 
 def test_softmax_era_compiled():
     logits = (RNG.standard_normal((16, 100)) * 30).astype("float32")
-    fn = lambda z: era_keras.softmax_era(z, 0.6)
+    def fn(z):
+        return era_keras.softmax_era(z, 0.6)
+
     assert_same(fn(logits), compiled(fn)(logits))
 
 
 def test_gaussian_era_compiled_with_a_tensor_target():
     raw = RNG.standard_normal((16, 6)).astype("float32")
     target = np.float32(-1.0)
-    fn = lambda s, t: era_keras.gaussian_era(s, s, t)
+    def fn(s, t):
+        return era_keras.gaussian_era(s, s, t)
+
     assert_same(fn(raw, target), compiled(fn)(raw, target))
 
 
@@ -48,8 +52,11 @@ def test_logit_era_compiled():
     advantages = RNG.standard_normal(4).astype("float32")
     mask = (RNG.uniform(size=(4, 7)) > 0.2).astype("float32")
     layer = era_keras.LogitERA(omega_low=2.0, top_k=20)
-    fn = lambda *args: layer(args)
-    assert_same(fn(logits, tokens, advantages, mask), compiled(fn)(logits, tokens, advantages, mask))
+    def fn(*args):
+        return layer(args)
+
+    inputs = (logits, tokens, advantages, mask)
+    assert_same(fn(*inputs), compiled(fn)(*inputs))
 
 
 def test_logit_era_model_saves_and_loads(tmp_path):

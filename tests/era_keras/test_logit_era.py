@@ -1,9 +1,7 @@
 """Logit ERA for GRPO: response entropy, which tokens are scaled, ERA log-probs."""
 
-import keras
 import numpy as np
 import pytest
-from keras import ops
 from scipy.special import log_softmax
 
 import era_keras
