@@ -1,6 +1,6 @@
 """Gaussian ERA: a diagonal Gaussian policy whose entropy is at least a floor.
 
-Spec section 1 (Kang et al., 2025). From a mean head mu and a raw scale head s (both D):
+Kang et al. (2025, arXiv 2510.08549). From a mean head mu and a raw scale head s (both D):
 
     K            = H0' - D * log(sqrt(2*pi*e)) - D * log_std_max          (K <= 0)
     log sigma'_i = clip(log_std_max + K * softmax(s)_i, log_std_min, log_std_max)
@@ -126,6 +126,14 @@ class GaussianERA(keras.layers.Layer):
         delta: initial compensation delta >= 0 (nats).
         trainable_delta: if True, delta is a trainable non-negative weight; step it with
             an optimizer on `layer.delta_loss(policy_entropy)` (see `delta_loss`).
+
+    Call arguments:
+        inputs: a pair `[mu, raw_scale]`, each of shape (..., D) with the same D: the
+            mean head and the raw scale head of the policy.
+
+    Returns:
+        A pair `(mu, sigma)`: `mu` unchanged and the standard deviation `sigma`, same
+        shape and dtype as `raw_scale` (computed in float32, or float64 for float64).
 
     Example:
     >>> obs = keras.Input((17,))

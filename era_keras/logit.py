@@ -1,6 +1,6 @@
 """Logit ERA for GRPO: keep an LLM's response entropy inside a band.
 
-Spec section 3 (Kang et al., 2025). Rollouts are sampled from the unmodified model; ERA
+Kang et al. (2025, arXiv 2510.08549). Rollouts are sampled from the unmodified model; ERA
 changes only the log-probabilities (and advantages) used in the policy-gradient loss.
 
 - Response entropy H_resp (no gradient): the per-token entropy of the full-vocabulary,
@@ -94,18 +94,38 @@ def token_log_probs(logits, tokens, logit_scale=None, temperature=1.0, top_k=Non
 class LogitERA(keras.layers.Layer):
     """Logit ERA for GRPO: ERA log-probs and advantages for a policy-gradient loss.
 
-    Called on `(logits, tokens, advantages, mask)`, with logits (batch, time, vocab) of
-    the policy at the response positions, the sampled tokens and mask (batch, time), and
-    advantages (batch,) or (batch, time). Returns a dict:
+    Formula (Kang et al., 2025, arXiv 2510.08549), per response with entropy H_resp (the
+    mean of its top `top_fraction` token entropies) and for tokens with advantage A_t > 0:
 
-    - "log_probs": log pi'(a_t | s_t) with z' = scale * z / temperature, scale = k when
-      H_resp < omega_low, 1/k when H_resp > omega_high (only where A_t > 0), else 1;
-    - "advantages": A' = A / scale (A when `scale_advantages=False`), per token;
-    - "response_entropy": H_resp per response (mean of the top `top_fraction` token
-      entropies, before ERA, no gradient);
-    - "logit_scale": the per-token scale, for logging how often each branch fires.
+        scale = k    if H_resp < omega_low     (sharpen a collapsing response)
+        scale = 1/k  if H_resp > omega_high    (flatten a too random one)
+        scale = 1    otherwise, and wherever A_t <= 0
+        log pi'(a_t | s_t) = log_softmax(scale * z_t / temperature)[a_t],  A'_t = A_t / scale
 
-    Use A' and log pi' in the GRPO objective E_t[ratio(log pi') * A'].
+    Use A' and log pi' in the GRPO objective E_t[ratio(log pi') * A']. Rollouts are
+    sampled from the unmodified model; only the loss changes.
+
+    Args:
+        k: the scale factor (authors: 2).
+        omega_low, omega_high: the H_resp band in nats (authors: 0.45 and 3.0, set for a
+            ~150k-token vocabulary; choose them from your model's measured H_resp).
+        top_fraction: share of a response's largest token entropies averaged into H_resp.
+        temperature: the sampling temperature the logits are divided by.
+        top_k: if set, log pi' is renormalised over the top-k logits (the authors'
+            shipped script uses 20).
+        scale_advantages: if False, A' = A (the logit scaling only).
+
+    Call arguments:
+        inputs: a tuple `(logits, tokens, advantages, mask)`: logits (batch, time, vocab)
+            of the policy at the response positions, the sampled tokens and the mask
+            (batch, time; 1 on response tokens), and advantages (batch,) or
+            (batch, time), fractional values allowed.
+
+    Returns:
+        A dict of float32 tensors: "log_probs" (batch, time), log pi'(a_t | s_t);
+        "advantages" (batch, time), A'; "response_entropy" (batch,), H_resp before ERA,
+        without gradient; "logit_scale" (batch, time), the scale per token, for logging
+        how often each branch fires.
 
     Example:
     >>> era = era_keras.LogitERA(k=2.0, omega_low=0.45, omega_high=3.0)

@@ -1,6 +1,6 @@
 """Softmax ERA: logits whose softmax has entropy at least `target_entropy`.
 
-Spec section 2 (Kang et al., 2025). With p = softmax(z), A = log(tau) / tau and a
+Kang et al. (2025, arXiv 2510.08549). With p = softmax(z), A = log(tau) / tau and a
 constant C,
 
     y_i  = A - (D*A - C) / (D - 1) * (1 - p_i)       (sum_i y_i = C, 0 < y_i <= A)
@@ -25,7 +25,6 @@ import functools
 import math
 
 import keras
-import numpy as np
 from keras import ops
 
 from era_keras.lambertw import (
@@ -224,6 +223,16 @@ class SoftmaxERA(keras.layers.Layer):
         training_only: if True, the layer is the identity outside training, so served
             probabilities are the plain softmax of the logits. The argmax is the same
             either way. Saved in the config, so a saved model says which it serves.
+
+    Call arguments:
+        inputs: logits of shape (..., D), D >= 2 classes on the last axis, any float
+            dtype (computed in float32, or float64 for float64 inputs).
+        training: Python bool; matters only with `training_only=True`, where the layer
+            applies the floor in training and passes the logits through otherwise.
+
+    Returns:
+        Logits z' of the same shape and dtype as `inputs`; use them wherever the plain
+        logits went (`from_logits=True` losses, `softmax` for probabilities).
 
     Example:
     >>> inputs = keras.Input((784,))

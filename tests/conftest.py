@@ -3,6 +3,16 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
+from hypothesis import settings
+
+# Hypothesis: in CI (CI=true) every run draws the same examples (derandomize), so a failure
+# reproduces on the next run; elsewhere examples are random and a failure prints the blob
+# to replay it with @reproduce_failure. HYPOTHESIS_PROFILE=ci gives the CI behaviour locally.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+)
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# References to notes that only the project's authors had: cite the paper (arXiv 2510.08549)
-# or the authors' repository (nothingbutbut/era), or write the fact down under docs/.
+# References to notes that only the project's authors had (matched case-insensitively):
+# cite the paper (arXiv 2510.08549) or the authors' repository (nothingbutbut/era), or
+# write the fact down under docs/.
 OUTSIDE_REFERENCES = r"spec section|STACK\.md|ERA_SPEC|\.\./shared"
 
 
@@ -18,7 +19,7 @@ def test_no_file_refers_to_documents_outside_the_repository():
         pytest.skip("not a git checkout")
     # `:!tests/test_repository.py`: this file names the patterns it looks for.
     found = subprocess.run(
-        ["git", "grep", "-nE", OUTSIDE_REFERENCES, "--", ".", ":!tests/test_repository.py"],
+        ["git", "grep", "-niE", OUTSIDE_REFERENCES, "--", ".", ":!tests/test_repository.py"],
         cwd=ROOT, capture_output=True, text=True,
     )
     assert found.returncode in (0, 1), found.stderr  # 1: no match

@@ -126,7 +126,9 @@ def test_trainable_delta_grows_below_target_and_shrinks_above():
     optimizer = keras.optimizers.SGD(learning_rate=0.1)
 
     def step(policy_entropy):
-        loss_fn = lambda: layer.delta_loss(ops.convert_to_tensor(policy_entropy))
+        def loss_fn():
+            return layer.delta_loss(ops.convert_to_tensor(policy_entropy))
+
         value_and_grads = _gradients(loss_fn, layer.trainable_weights)
         optimizer.apply(value_and_grads, layer.trainable_weights)
         return float(to_numpy(layer.delta))
@@ -190,7 +192,7 @@ def test_tanh_gaussian_entropy_matches_numerical_integration():
 
 
 def test_tanh_entropy_collapses_when_means_saturate_even_with_the_floor():
-    """Spec section 4: the pre-squash floor holds while the executed entropy collapses."""
+    """The pre-squash floor holds while the executed entropy collapses (docs/layers.md)."""
     raw = np.zeros((8, 6), np.float32)
     mu_saturated = np.full((8, 6), 6.0, np.float32)
     _, std = era_keras.gaussian_era(mu_saturated, raw, 1.5)
