@@ -24,7 +24,9 @@ import tempfile
 import numpy as np
 
 SERVE_TAG = "serve"
-PROJECT_MODULES = ("era_keras", "keras_hub", "tf_agents", "pipelines", "serving")
+# tensorflow_text is blocked too: stock TF Serving has none of its ops (SentencepieceOp).
+PROJECT_MODULES = ("era_keras", "keras_hub", "tf_agents", "pipelines", "serving",
+                   "tensorflow_text")
 FRAMEWORK_MODULES = ("keras", "tf_keras", "tensorflow_probability")
 LOADERS = ("session", "object")
 

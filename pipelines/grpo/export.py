@@ -1,15 +1,21 @@
-"""Export a trained policy: a keras-hub preset, and a SavedModel of its scoring function.
+"""Export a trained policy: a keras-hub preset, and SavedModels that TensorFlow alone loads.
 
 - `export_preset`: `CausalLM.save_to_preset(dir)`, loadable with `CausalLM.from_preset(dir)`
-  (weights, config, tokenizer assets).
+  (weights, config, tokenizer assets). A LoRA-enabled model is saved merged: Keras folds
+  each LoRA pair into its kernel when it saves, so the preset is a plain full model.
 - `export_scoring_savedmodel`: a SavedModel, in TF Serving's `<base>/<model>/<version>/`
   layout (`serving.layout.version_dir`), whose `serving_default` signature maps
   `token_ids` and `padding_mask` (int32, (batch, time)) to
   `token_log_probs` (batch, time): log p(token_t | tokens_<t), 0 at t = 0 and on padding,
-  and `sequence_log_prob` (batch,): their sum. It needs only TensorFlow to load.
+  and `sequence_log_prob` (batch,): their sum.
+- `pipelines.grpo.generate.export_generate_savedmodel`: the sampling servable
+  (`<model>_generate`), token ids in, new token ids out.
 
-The SavedModel is written with the TensorFlow backend. From another backend (JAX), it is
-written by a TensorFlow-backend subprocess from the exported preset:
+Neither SavedModel holds the tokenizer (`models.network_only`): tokenizer ops such as
+Gemma's `SentencepieceOp` need tensorflow-text, which TF Serving lacks. Clients tokenize.
+
+The SavedModels are written with the TensorFlow backend. From another backend (JAX),
+they are written by a TensorFlow-backend subprocess from the exported preset:
 `python -m pipelines.grpo.export --preset DIR --export-base BASE --model-name NAME`.
 """
 
@@ -21,6 +27,7 @@ import sys
 
 import keras
 
+from pipelines.grpo.models import network_only
 from serving.layout import version_dir
 
 
@@ -51,14 +58,15 @@ def export_scoring_savedmodel(causal_lm, export_base, model_name, version=None):
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(
             "The SavedModel export needs the TensorFlow backend; use "
-            "export_scoring_savedmodel_from_preset, which runs it in a subprocess."
+            "export_savedmodels_from_preset, which runs it in a subprocess."
         )
     import tensorflow as tf
 
     target = version_dir(export_base, model_name, version)
-    score = scoring_function(causal_lm)
+    network = network_only(causal_lm)
+    score = scoring_function(network)
     archive = keras.export.ExportArchive()
-    archive.track(causal_lm)
+    archive.track(network)
     archive.add_endpoint(
         "serving_default",
         lambda token_ids, padding_mask: score(token_ids, padding_mask),
@@ -70,8 +78,19 @@ def export_scoring_savedmodel(causal_lm, export_base, model_name, version=None):
     return target
 
 
-def export_scoring_savedmodel_from_preset(preset_dir, export_base, model_name, version=None):
-    """Run the SavedModel export in a TensorFlow-backend subprocess (for JAX runs)."""
+def export_savedmodels(causal_lm, export_base, model_name, version=None):
+    """The scoring servable `<model_name>` and the generate servable `<model_name>_generate`."""
+    from pipelines.grpo.generate import export_generate_savedmodel
+
+    return {
+        "savedmodel_dir": export_scoring_savedmodel(causal_lm, export_base, model_name, version),
+        "generate_savedmodel_dir": export_generate_savedmodel(
+            causal_lm, export_base, f"{model_name}_generate", version),
+    }
+
+
+def export_savedmodels_from_preset(preset_dir, export_base, model_name, version=None):
+    """Run `export_savedmodels` in a TensorFlow-backend subprocess (for JAX runs)."""
     command = [sys.executable, "-m", "pipelines.grpo.export", "--preset", str(preset_dir),
                "--export-base", str(export_base), "--model-name", model_name]
     if version is not None:
@@ -81,20 +100,21 @@ def export_scoring_savedmodel_from_preset(preset_dir, export_base, model_name, v
     result = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"SavedModel export failed:\n{result.stderr[-4000:]}")
-    return pathlib.Path(result.stdout.strip().splitlines()[-1])
+    lines = result.stdout.strip().splitlines()[-2:]
+    return {"savedmodel_dir": pathlib.Path(lines[0]),
+            "generate_savedmodel_dir": pathlib.Path(lines[1])}
 
 
 def export_all(causal_lm, export_dir, model_name, version=None):
-    """Preset at `<export_dir>/preset`, SavedModel under `<export_dir>/serving/`."""
+    """Preset at `<export_dir>/preset`, SavedModels under `<export_dir>/serving/`."""
     export_dir = pathlib.Path(export_dir)
     preset = export_preset(causal_lm, export_dir / "preset")
     if keras.backend.backend() == "tensorflow":
-        saved_model = export_scoring_savedmodel(causal_lm, export_dir / "serving", model_name,
-                                                version)
+        saved = export_savedmodels(causal_lm, export_dir / "serving", model_name, version)
     else:
-        saved_model = export_scoring_savedmodel_from_preset(preset, export_dir / "serving",
-                                                            model_name, version)
-    return {"preset_dir": preset, "savedmodel_dir": saved_model}
+        saved = export_savedmodels_from_preset(preset, export_dir / "serving", model_name,
+                                               version)
+    return {"preset_dir": preset, **saved}
 
 
 def main(argv=None):
@@ -106,9 +126,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from pipelines.grpo.models import load_causal_lm
 
-    target = export_scoring_savedmodel(load_causal_lm(args.preset), args.export_base,
-                                       args.model_name, args.version)
-    print(target)
+    written = export_savedmodels(load_causal_lm(args.preset), args.export_base,
+                                 args.model_name, args.version)
+    print(written["savedmodel_dir"])
+    print(written["generate_savedmodel_dir"])
 
 
 if __name__ == "__main__":

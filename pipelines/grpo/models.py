@@ -177,3 +177,13 @@ def load_causal_lm(preset, dtype="float32"):
             f"{error}). Presets need their weights available (downloaded or cached) or a "
             f"local preset directory. Known preset names include: {', '.join(known[:12])}, ..."
         ) from error
+
+
+def network_only(causal_lm):
+    """The same network (weights shared) without its preprocessor.
+
+    What an export tracks: a tokenizer inside a SavedModel brings its ops into the graph
+    (Gemma's `SentencepieceOp` needs tensorflow-text, which TensorFlow alone and stock TF
+    Serving lack), so servables take token ids and clients tokenize.
+    """
+    return causal_lm.__class__(backbone=causal_lm.backbone, preprocessor=None)
