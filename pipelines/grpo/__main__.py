@@ -26,6 +26,17 @@ HELP = {
                         "scripts ship with it off",
     "kl_coef": "weight of the KL penalty to the initial (post warm start) model",
     "updates_per_rollout": "optimizer steps per batch of rollouts (PPO epochs)",
+    "distribution": "none | data | model:BxM (KERAS_BACKEND=jax): data parallel over every "
+                    "device, or weights sharded by the backbone's layout map on a "
+                    "(batch B, model M) mesh with B x M = the device count",
+    "lora_rank": "train rank-R LoRA pairs on the attention's query/value projections only "
+                 "(0: full fine-tuning); the export merges them into a full preset",
+    "dtype": "float32 | bfloat16 (weights and compute) | mixed_bfloat16 (float32 weights); "
+             "the loss's log-softmax and entropies run in float32",
+    "grad_accum_steps": "split each update's batch into N micro-batches and average their "
+                        "gradients (N must divide prompts_per_step x group_size)",
+    "lr_schedule": "constant | cosine (to 0 at the last update), after --warmup-steps",
+    "warmup_steps": "optimizer updates of linear learning-rate warm-up",
     "run_dir": "checkpoints, history and exports; rerun with the same --run-dir to resume",
 }
 
@@ -42,7 +53,7 @@ def _parser():
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                              "sqlite:///mlflow.db)")
     parser.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
-                        help="export a keras-hub preset and a scoring SavedModel at the end")
+                        help="export a keras-hub preset, a scoring and a generate SavedModel at the end")
     parser.add_argument("--model-name", default="grpo_policy",
                         help="model name in the TF Serving layout")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

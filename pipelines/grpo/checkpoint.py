@@ -2,7 +2,10 @@
 
 A checkpoint is a directory `<run_dir>/checkpoints/step-NNNNNNN/` holding
 
-- `preset/`: the policy as a keras-hub preset (`CausalLM.save_to_preset`);
+- `preset/`: the policy as a keras-hub preset (`CausalLM.save_to_preset`), or, in a
+  LoRA run (`--lora-rank`), `lora.lora.h5`: the LoRA pairs alone
+  (`Backbone.save_lora_weights`), applied on restore to the frozen base model that
+  `save_lora_base` wrote once to `checkpoints/lora_base/`;
 - `optimizer.npz`: the optimizer's variables (`save_own_variables`);
 - `state.json`: the step and the metric history so far.
 
@@ -24,6 +27,8 @@ from pipelines.common.errors import CorruptCheckpointError
 from pipelines.common.run_dir import read_json, write_json_atomic
 
 CHECKPOINTS = "checkpoints"
+LORA_BASE = "lora_base"
+LORA_FILE = "lora.lora.h5"
 KEEP = 2
 _NAME = re.compile(r"step-(\d+)")
 
@@ -64,7 +69,10 @@ def save_checkpoint(run_dir, step, causal_lm, optimizer, state, keep=KEEP):
     target, partial = root / name, root / f"{name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    causal_lm.save_to_preset(str(partial / "preset"))
+    if getattr(causal_lm.backbone, "_lora_enabled_layers", []):
+        causal_lm.backbone.save_lora_weights(str(partial / LORA_FILE))
+    else:
+        causal_lm.save_to_preset(str(partial / "preset"))
     store = {}
     optimizer.save_own_variables(store)
     np.savez(partial / "optimizer.npz", **{str(k): v for k, v in store.items()})
@@ -73,6 +81,17 @@ def save_checkpoint(run_dir, step, causal_lm, optimizer, state, keep=KEEP):
     partial.rename(target)
     for old in checkpoints(run_dir)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def save_lora_base(run_dir, causal_lm):
+    """Keep the frozen base model of a LoRA run, once (before LoRA is enabled)."""
+    root = pathlib.Path(run_dir) / CHECKPOINTS
+    target, partial = root / LORA_BASE, root / f"{LORA_BASE}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    causal_lm.save_to_preset(str(partial))
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
     return target
 
 
@@ -88,9 +107,12 @@ def _load(path):
     except Exception as error:  # numpy raises OSError, ValueError or zipfile errors
         raise CorruptCheckpointError(
             f"GRPO checkpoint file {optimizer_file} cannot be read ({error})") from None
-    preset = path / "preset"
+    lora_file = path / LORA_FILE
+    preset = path.parent / LORA_BASE if lora_file.exists() else path / "preset"
     try:
         causal_lm = keras_hub.models.CausalLM.from_preset(str(preset))
+        if lora_file.exists():
+            causal_lm.backbone.load_lora_weights(str(lora_file))
     except Exception as error:  # h5py (OSError), JSON (ValueError), keras-hub's own errors
         raise CorruptCheckpointError(
             f"GRPO checkpoint preset {preset} cannot be loaded ({type(error).__name__}: "

@@ -13,6 +13,11 @@ import dataclasses
 from pipelines.grpo.models import TINY_FAMILIES
 from pipelines.grpo.tasks import BUILTIN_TASKS
 
+# float32; bfloat16 (weights and compute: half the memory, but Adam steps far below a
+# weight's bf16 resolution, ~0.4% of it, are rounded away); mixed_bfloat16 (float32
+# weights, bfloat16 compute). The loss's log-softmax and entropies run in float32.
+DTYPES = ("float32", "bfloat16", "mixed_bfloat16")
+
 
 @dataclasses.dataclass
 class GRPOConfig:
@@ -59,6 +64,13 @@ class GRPOConfig:
     eval_samples: int = 8
     eval_temperature: float = 1.0
     eval_top_p: float = 1.0
+    # Scale-out: devices (JAX), LoRA, precision, schedule (see distribution.py, optim.py).
+    distribution: str = "none"
+    lora_rank: int = 0  # 0: full fine-tuning
+    dtype: str = "float32"
+    grad_accum_steps: int = 1
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
     # Bookkeeping.
     seed: int = 0
     run_dir: str = "runs/grpo"
@@ -99,8 +111,34 @@ class GRPOConfig:
             problems.append(f"tiny model family must be one of {', '.join(TINY_FAMILIES)} (got {self.model!r})")
         if self.task not in BUILTIN_TASKS and not self.task.endswith((".jsonl", ".json")):
             problems.append(f"task must be one of {', '.join(BUILTIN_TASKS)} or a .jsonl file (got {self.task!r})")
+        problems.extend(self._scale_out_problems())
         if problems:
             raise ValueError("Invalid GRPO config: " + "; ".join(problems) + ".")
+
+    def _scale_out_problems(self):
+        from pipelines.common.errors import UserError
+        from pipelines.grpo.distribution import parse_distribution
+        from pipelines.grpo.optim import LR_SCHEDULES
+
+        problems = []
+        try:
+            parse_distribution(self.distribution)
+        except UserError as error:
+            problems.append(str(error))
+        if self.lora_rank < 0:
+            problems.append(f"lora_rank must be >= 0 (0: full fine-tuning; got {self.lora_rank})")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r})")
+        if self.grad_accum_steps < 1 or self.batch_size % self.grad_accum_steps:
+            problems.append(
+                f"grad_accum_steps must be >= 1 and divide the batch of prompts_per_step x "
+                f"group_size = {self.batch_size} rollouts (got {self.grad_accum_steps})")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)} "
+                            f"(got {self.lr_schedule!r})")
+        if self.warmup_steps < 0:
+            problems.append(f"warmup_steps must be >= 0 (got {self.warmup_steps})")
+        return problems
 
     @property
     def batch_size(self):

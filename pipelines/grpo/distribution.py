@@ -174,9 +174,11 @@ def build_distribution(spec, backbone_class):
     devices = keras.distribution.list_devices()
     check_distribution(spec, keras.backend.backend(), len(devices))
     batch, model = mesh_shape(spec, len(devices))
-    mesh = keras.distribution.DeviceMesh((batch, model), (BATCH_AXIS, MODEL_AXIS), devices)
     if spec.kind == "data":
+        # DataParallel takes a one-axis mesh: its first axis is the batch axis.
+        mesh = keras.distribution.DeviceMesh((batch,), (BATCH_AXIS,), devices)
         return keras.distribution.DataParallel(device_mesh=mesh)
+    mesh = keras.distribution.DeviceMesh((batch, model), (BATCH_AXIS, MODEL_AXIS), devices)
     return ShardedModelParallel(layout_map=layout_map_for(backbone_class, mesh),
                                 batch_dim_name=BATCH_AXIS)
 
@@ -233,7 +235,8 @@ def describe(spec, distribution, model):
     if distribution is None:
         mesh, used = "1x1", devices[:1]
     else:
-        mesh = "x".join(str(s) for s in distribution.device_mesh.shape)
+        shape = tuple(distribution.device_mesh.shape)
+        mesh = "x".join(str(s) for s in (shape + (1,))[:2])
         used = list(np.asarray(distribution.device_mesh.devices).reshape(-1))
     total, trainable = count_parameters(model)
     return {

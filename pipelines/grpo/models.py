@@ -94,8 +94,9 @@ def tiny_tokenizer(family):
     )
 
 
-def tiny_backbone(family, vocabulary_size, num_layers=2, hidden_dim=128, num_heads=4):
-    """A random-init backbone of `family`'s keras-hub class (float32)."""
+def tiny_backbone(family, vocabulary_size, num_layers=2, hidden_dim=128, num_heads=4,
+                  dtype="float32"):
+    """A random-init backbone of `family`'s keras-hub class (`dtype`: weights and compute)."""
     head_dim = hidden_dim // num_heads
     common = dict(
         vocabulary_size=vocabulary_size,
@@ -104,7 +105,7 @@ def tiny_backbone(family, vocabulary_size, num_layers=2, hidden_dim=128, num_hea
         num_key_value_heads=max(1, num_heads // 2),
         hidden_dim=hidden_dim,
         intermediate_dim=2 * hidden_dim,
-        dtype="float32",
+        dtype=dtype,
     )
     if family == "qwen":
         return keras_hub.models.QwenBackbone(**common)
@@ -130,7 +131,7 @@ _CAUSAL_LM_CLASSES = {
 
 
 def tiny_causal_lm(family="qwen", num_layers=2, hidden_dim=128, num_heads=4, seed=0,
-                   sequence_length=64):
+                   sequence_length=64, dtype="float32"):
     """A tiny random-init keras-hub CausalLM of `family`, with a tokenizer built here."""
     if family not in _CAUSAL_LM_CLASSES:
         raise ValueError(
@@ -139,7 +140,7 @@ def tiny_causal_lm(family="qwen", num_layers=2, hidden_dim=128, num_heads=4, see
     keras.utils.set_random_seed(seed)
     tokenizer = tiny_tokenizer(family)
     backbone = tiny_backbone(
-        family, tokenizer.vocabulary_size(), num_layers, hidden_dim, num_heads
+        family, tokenizer.vocabulary_size(), num_layers, hidden_dim, num_heads, dtype
     )
     lm_name, preprocessor_name = _CAUSAL_LM_CLASSES[family]
     preprocessor_cls = getattr(keras_hub.models, preprocessor_name)
@@ -177,6 +178,16 @@ def load_causal_lm(preset, dtype="float32"):
             f"{error}). Presets need their weights available (downloaded or cached) or a "
             f"local preset directory. Known preset names include: {', '.join(known[:12])}, ..."
         ) from error
+
+
+def backbone_class(model):
+    """The keras-hub backbone class `model` ("tiny:<family>" or a preset) would build."""
+    if model.startswith("tiny:"):
+        lm_name = _CAUSAL_LM_CLASSES[model[len("tiny:"):]][0]
+        return getattr(keras_hub.models, lm_name).backbone_cls
+    from keras_hub.src.utils.preset_utils import get_preset_loader
+
+    return get_preset_loader(model).check_backbone_class()
 
 
 def network_only(causal_lm):

@@ -25,7 +25,9 @@ class Rollout:
 
 
 class RolloutGenerator:
-    def __init__(self, causal_lm, max_prompt_tokens, max_new_tokens, samplers):
+    def __init__(self, causal_lm, max_prompt_tokens, max_new_tokens, samplers, shard=None):
+        """`shard` lays a batch's arrays out on the devices (the loop passes
+        `distribution.shard_batch` bound to its distribution); None leaves them as they are."""
         if causal_lm.preprocessor is None:
             raise ValueError("The CausalLM needs a preprocessor (tokenizer) to encode prompts.")
         self.causal_lm = causal_lm
@@ -34,6 +36,7 @@ class RolloutGenerator:
         self.max_new_tokens = max_new_tokens
         self.samplers = dict(samplers)
         self._functions = {}
+        self.shard = shard or (lambda arrays: arrays)
         self.stop_token_ids = (self.tokenizer.end_token_id,)
 
     @property
@@ -76,7 +79,7 @@ class RolloutGenerator:
         token_ids, prompt_mask = self.encode_prompts(prompts)
         generate = self._generate_function(sampler_name)
         out = generate(
-            {"token_ids": token_ids, "padding_mask": prompt_mask},
+            self.shard({"token_ids": token_ids, "padding_mask": prompt_mask}),
             stop_token_ids=self.stop_token_ids,
         )
         token_ids = np.asarray(out["token_ids"]).astype("int32")

@@ -22,10 +22,13 @@ from keras import ops
 
 import era_keras
 from pipelines.common.tracking import log_curves, tracked_run, write_json
-from pipelines.grpo.checkpoint import restore_checkpoint, save_checkpoint
+from pipelines.grpo.checkpoint import restore_checkpoint, save_checkpoint, save_lora_base
+from pipelines.grpo.distribution import (
+    build_distribution, describe, distribution_scope, parse_distribution, shard_batch)
 from pipelines.grpo.evaluate import evaluate
 from pipelines.grpo.loss import group_advantages, grpo_loss, next_token_targets
-from pipelines.grpo.models import load_causal_lm, tiny_causal_lm
+from pipelines.grpo.models import backbone_class, load_causal_lm, tiny_causal_lm
+from pipelines.grpo.optim import build_optimizer
 from pipelines.grpo.rewards import get_reward
 from pipelines.grpo.rollout import RolloutGenerator
 from pipelines.grpo.step import make_train_step
@@ -53,15 +56,34 @@ def build_causal_lm(config):
             config.model[len("tiny:"):], num_layers=config.tiny_layers,
             hidden_dim=config.tiny_hidden_dim, seed=config.seed,
             sequence_length=config.max_prompt_tokens + config.max_new_tokens,
+            dtype=config.dtype,
         )
-    return load_causal_lm(config.model)
+    return load_causal_lm(config.model, dtype=config.dtype)
+
+
+def lora_enabled(causal_lm):
+    return bool(getattr(causal_lm.backbone, "_lora_enabled_layers", []))
+
+
+def merge_infos(infos):
+    """One GRPOLossInfo from the micro-batches of an update: scalars averaged (as the
+    accumulated gradient is), per-response arrays concatenated."""
+    if len(infos) == 1:
+        return infos[0]
+    extra = {}
+    for key in infos[0].extra:
+        values = [ops.convert_to_numpy(info.extra[key]) for info in infos]
+        extra[key] = (np.concatenate(values) if values[0].ndim else np.mean(values))
+    loss = np.mean([ops.convert_to_numpy(info.loss) for info in infos])
+    return type(infos[0])(loss, extra)
 
 
 class GRPOTrainer:
     """Owns the policy, its optimizer and the rollout machinery of one run."""
 
-    def __init__(self, config, causal_lm, train_problems, eval_problems):
+    def __init__(self, config, causal_lm, train_problems, eval_problems, distribution=None):
         self.config = config
+        self.distribution = distribution
         self.causal_lm = causal_lm
         self.train_problems = train_problems
         self.eval_problems = eval_problems
@@ -75,7 +97,7 @@ class GRPOTrainer:
             )
             if config.era else None
         )
-        self.optimizer = keras.optimizers.Adam(config.learning_rate, global_clipnorm=1.0)
+        self.optimizer = build_optimizer(config)
         self.step = 0
         self.history = []
         self.reference = None
@@ -95,14 +117,21 @@ class GRPOTrainer:
                                                        seed=c.seed),
                 "greedy": keras_hub.samplers.GreedySampler(),
             },
+            shard=lambda arrays: shard_batch(self.distribution, arrays),
         )
-        self.optimizer.build(self.causal_lm.trainable_variables)
         if c.kl_coef > 0 and self.reference is None:
             backbone = self.causal_lm.backbone
             reference_backbone = backbone.__class__.from_config(backbone.get_config())
-            reference_backbone.set_weights(backbone.get_weights())
+            # With LoRA on, the reference is the frozen base: every weight but the LoRA pairs.
+            reference_backbone.set_weights(
+                [w.numpy() for w in backbone.weights if "lora_kernel" not in w.path])
             self.reference = self.causal_lm.__class__(backbone=reference_backbone,
                                                       preprocessor=None)
+        if c.lora_rank and not lora_enabled(self.causal_lm):
+            # keras-hub freezes the backbone and adds rank-r pairs to the attention's
+            # query and value projections: only those train.
+            self.causal_lm.backbone.enable_lora(c.lora_rank)
+        self.optimizer.build(self.causal_lm.trainable_variables)
 
     def run_warm_start(self, verbose="auto"):
         c = self.config
@@ -160,6 +189,8 @@ class GRPOTrainer:
         return era_keras.token_log_probs(logits, tokens, temperature=self.config.temperature)
 
     def update(self, rollout, advantages):
+        """`updates_per_rollout` optimizer updates on the rollouts, each over
+        `grad_accum_steps` micro-batches (laid out on the mesh's "batch" axis)."""
         if self._train_step is None:
             self._train_step = make_train_step(self.causal_lm, self.optimizer, self._loss)
         batch = {
@@ -168,15 +199,28 @@ class GRPOTrainer:
             "response_mask": rollout.response_mask.astype("float32"),
             "advantages": advantages.astype("float32"),
         }
-        old = None
+        sharded = shard_batch(self.distribution, batch)
+        old = ref = None
         if self.config.updates_per_rollout > 1:
-            old = ops.stop_gradient(self._token_log_probs(self.causal_lm, batch, True))
-        ref = None
+            old = ops.convert_to_numpy(ops.stop_gradient(
+                self._token_log_probs(self.causal_lm, sharded, True)))
         if self.reference is not None:
-            ref = self._token_log_probs(self.reference, batch, False)
+            ref = ops.convert_to_numpy(self._token_log_probs(self.reference, sharded, False))
+        pieces = self.config.grad_accum_steps
+        size = len(rollout.token_ids) // pieces
+
+        def piece(i, value):
+            if value is None:
+                return None
+            return shard_batch(self.distribution, {"x": value[i * size:(i + 1) * size]})["x"]
+
+        micro_batches = [
+            ({k: piece(i, v) for k, v in batch.items()}, piece(i, old), piece(i, ref))
+            for i in range(pieces)
+        ] if pieces > 1 else [(sharded, piece(0, old), piece(0, ref))]
         for _ in range(self.config.updates_per_rollout):
-            info = self._train_step(batch, old, ref)
-        return info
+            infos = [self._train_step(*micro) for micro in micro_batches]
+        return merge_infos(infos)
 
     def train_step_metrics(self, rollout, rewards, advantages, info, seconds):
         h = np.asarray(info.extra["response_entropy"])
@@ -267,7 +311,19 @@ class GRPOTrainer:
 
 
 def run(config, tracking_uri=None, export=True, model_name="grpo_policy", progress=True):
-    """Train (or resume) a GRPO run as configured; returns the trainer."""
+    """Train (or resume) a GRPO run as configured; returns the trainer.
+
+    Everything runs under the configured distribution (`--distribution`): the model is
+    built or restored under it, so its variables are created on the mesh.
+    """
+    spec = parse_distribution(config.distribution)
+    distribution = build_distribution(
+        spec, backbone_class(config.model) if spec.kind == "model" else None)
+    with distribution_scope(distribution):
+        return _run(config, spec, distribution, tracking_uri, export, model_name, progress)
+
+
+def _run(config, spec, distribution, tracking_uri, export, model_name, progress):
     import mlflow
     from tqdm.auto import tqdm
 
@@ -277,13 +333,15 @@ def run(config, tracking_uri=None, export=True, model_name="grpo_policy", progre
     train_problems, eval_problems = load_problems(config)
     checkpoint = restore_checkpoint(run_dir)
     causal_lm = checkpoint.causal_lm if checkpoint is not None else build_causal_lm(config)
-    trainer = GRPOTrainer(config, causal_lm, train_problems, eval_problems)
+    trainer = GRPOTrainer(config, causal_lm, train_problems, eval_problems, distribution)
     with tracked_run(config.experiment, config, run_dir=run_dir, tracking_uri=tracking_uri,
                      run_name=config.run_name) as active:
         if checkpoint is None:
             if config.warm_start_steps:
                 history = trainer.run_warm_start(verbose="auto" if progress else 0)
                 mlflow.log_metric("warm_start_loss", history["loss"][-1])
+            if config.lora_rank:
+                save_lora_base(run_dir, causal_lm)
             trainer.prepare_sampling()
             trainer.history.append({"step": 0, **trainer.evaluate()})
             mlflow.log_metrics({k: v for k, v in trainer.history[0].items() if k != "step"}, step=0)
@@ -292,6 +350,9 @@ def run(config, tracking_uri=None, export=True, model_name="grpo_policy", progre
             trainer.prepare_sampling()
             trainer.restore(checkpoint)
             mlflow.set_tag("resumed_from_step", trainer.step)
+        # Tags, not params: a run may resume on another mesh.
+        mlflow.set_tags({f"layout.{k}": v
+                         for k, v in describe(spec, distribution, trainer.causal_lm).items()})
         bar = tqdm(total=config.steps, initial=trainer.step, desc="GRPO" + (
             "+ERA" if config.era else ""), unit="step", disable=not progress)
         while trainer.step < config.steps:
