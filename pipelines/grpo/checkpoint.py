@@ -99,6 +99,8 @@ def _load(path):
     """Read one checkpoint; any damage raises CorruptCheckpointError naming the file."""
     import keras_hub
 
+    from pipelines.grpo.models import freeze_all_but_lora
+
     state = read_json(path / "state.json", "GRPO checkpoint state")
     optimizer_file = path / "optimizer.npz"
     try:
@@ -113,6 +115,7 @@ def _load(path):
         causal_lm = keras_hub.models.CausalLM.from_preset(str(preset))
         if lora_file.exists():
             causal_lm.backbone.load_lora_weights(str(lora_file))
+            freeze_all_but_lora(causal_lm)
     except Exception as error:  # h5py (OSError), JSON (ValueError), keras-hub's own errors
         raise CorruptCheckpointError(
             f"GRPO checkpoint preset {preset} cannot be loaded ({type(error).__name__}: "

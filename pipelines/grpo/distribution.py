@@ -56,7 +56,7 @@ def parse_distribution(text):
         raise UserError(f"--distribution {text!r} is not a known form; use {FORMS}.")
     batch, model = int(match.group(1)), int(match.group(2))
     if batch < 1 or model < 1:
-        raise UserError(f"--distribution {text!r}: both mesh sizes must be >= 1.")
+        raise UserError(f"--distribution {text!r}: both mesh sizes must be >= 1; use {FORMS}.")
     return DistributionSpec("model", batch, model)
 
 

@@ -190,6 +190,27 @@ def backbone_class(model):
     return get_preset_loader(model).check_backbone_class()
 
 
+def lora_enabled(causal_lm):
+    return bool(getattr(causal_lm.backbone, "_lora_enabled_layers", []))
+
+
+def freeze_all_but_lora(causal_lm):
+    """Only the LoRA pairs train. keras-hub's `enable_lora` freezes the backbone but leaves
+    the adapted projections' biases (Qwen's query/value biases) trainable; they are frozen
+    too, so a checkpoint's LoRA file plus the base model is the whole model."""
+    for variable in causal_lm.trainable_variables:
+        if "lora_kernel" not in variable.path:
+            variable.trainable = False
+
+
+def enable_lora(causal_lm, rank):
+    """Rank-`rank` LoRA pairs on the attention's query and value projections (keras-hub's
+    defaults), the only weights that train from now on."""
+    if not lora_enabled(causal_lm):
+        causal_lm.backbone.enable_lora(rank)
+    freeze_all_but_lora(causal_lm)
+
+
 def network_only(causal_lm):
     """The same network (weights shared) without its preprocessor.
 

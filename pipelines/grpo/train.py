@@ -27,7 +27,7 @@ from pipelines.grpo.distribution import (
     build_distribution, describe, distribution_scope, parse_distribution, shard_batch)
 from pipelines.grpo.evaluate import evaluate
 from pipelines.grpo.loss import group_advantages, grpo_loss, next_token_targets
-from pipelines.grpo.models import backbone_class, load_causal_lm, tiny_causal_lm
+from pipelines.grpo.models import backbone_class, enable_lora, load_causal_lm, tiny_causal_lm
 from pipelines.grpo.optim import build_optimizer
 from pipelines.grpo.rewards import get_reward
 from pipelines.grpo.rollout import RolloutGenerator
@@ -59,10 +59,6 @@ def build_causal_lm(config):
             dtype=config.dtype,
         )
     return load_causal_lm(config.model, dtype=config.dtype)
-
-
-def lora_enabled(causal_lm):
-    return bool(getattr(causal_lm.backbone, "_lora_enabled_layers", []))
 
 
 def merge_infos(infos):
@@ -127,10 +123,8 @@ class GRPOTrainer:
                 [w.numpy() for w in backbone.weights if "lora_kernel" not in w.path])
             self.reference = self.causal_lm.__class__(backbone=reference_backbone,
                                                       preprocessor=None)
-        if c.lora_rank and not lora_enabled(self.causal_lm):
-            # keras-hub freezes the backbone and adds rank-r pairs to the attention's
-            # query and value projections: only those train.
-            self.causal_lm.backbone.enable_lora(c.lora_rank)
+        if c.lora_rank:
+            enable_lora(self.causal_lm, c.lora_rank)
         self.optimizer.build(self.causal_lm.trainable_variables)
 
     def run_warm_start(self, verbose="auto"):
