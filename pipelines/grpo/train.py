@@ -24,7 +24,12 @@ import era_keras
 from pipelines.common.tracking import log_curves, tracked_run, write_json
 from pipelines.grpo.checkpoint import restore_checkpoint, save_checkpoint, save_lora_base
 from pipelines.grpo.distribution import (
-    build_distribution, describe, distribution_scope, parse_distribution, shard_batch)
+    build_distribution,
+    describe,
+    distribution_scope,
+    parse_distribution,
+    shard_batch,
+)
 from pipelines.grpo.evaluate import evaluate
 from pipelines.grpo.loss import group_advantages, grpo_loss, next_token_targets
 from pipelines.grpo.models import backbone_class, enable_lora, load_causal_lm, tiny_causal_lm
@@ -34,6 +39,7 @@ from pipelines.grpo.rollout import RolloutGenerator
 from pipelines.grpo.step import make_train_step
 from pipelines.grpo.tasks import BUILTIN_TASKS, builtin_problems, load_jsonl, split_problems
 from pipelines.grpo.warm_start import warm_start
+
 
 def load_problems(config):
     """(train, test) problems of the configured task."""

@@ -87,7 +87,7 @@ def main(task, out, *args):
     os.environ.setdefault("KERAS_BACKEND", "jax")
     import keras
 
-    from pipelines.grpo.checkpoint import restore_checkpoint, save_checkpoint
+    from pipelines.grpo.checkpoint import restore_checkpoint
     from pipelines.grpo.distribution import distribution_scope
     from pipelines.grpo.train import GRPOTrainer, build_causal_lm
 

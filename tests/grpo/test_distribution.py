@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from pipelines.common.errors import UserError
-from pipelines.grpo.distribution import (
-    DistributionSpec, check_distribution, parse_distribution)
+from pipelines.grpo.distribution import DistributionSpec, check_distribution, parse_distribution
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 WORKER = ROOT / "tests" / "grpo" / "scale_worker.py"
