@@ -74,8 +74,11 @@ def download_run_saved_model(run_id, dst_dir, artifact_path=None, tracking_uri=N
         candidates = _saved_model_artifact_paths(client, run_id)
         if not candidates:
             tagged = _saved_models_named_by_tags(run)
-            if len(tagged) == 1:
-                return tagged[0]
+            # GRPO tags two servables (scoring and generate); the scoring one is the default
+            # (`--path <run-dir>/export/serving/<model>_generate/<v>` picks the other).
+            default = [t for t in tagged if t[1] == "tag export.savedmodel_dir"]
+            if len(tagged) == 1 or default:
+                return (default or tagged)[0]
         if len(candidates) != 1:
             raise UserError(
                 f"run {run_id} has {len(candidates)} SavedModel artifacts "

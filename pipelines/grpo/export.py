@@ -28,7 +28,7 @@ import sys
 import keras
 
 from pipelines.grpo.models import network_only
-from serving.layout import version_dir
+from serving.layout import version_dir, write_models_config
 
 
 def export_preset(causal_lm, preset_dir):
@@ -106,7 +106,8 @@ def export_savedmodels_from_preset(preset_dir, export_base, model_name, version=
 
 
 def export_all(causal_lm, export_dir, model_name, version=None):
-    """Preset at `<export_dir>/preset`, SavedModels under `<export_dir>/serving/`."""
+    """Preset at `<export_dir>/preset`, SavedModels under `<export_dir>/serving/`, with the
+    `models.config` that starts TF Serving on both of them."""
     export_dir = pathlib.Path(export_dir)
     preset = export_preset(causal_lm, export_dir / "preset")
     if keras.backend.backend() == "tensorflow":
@@ -114,7 +115,8 @@ def export_all(causal_lm, export_dir, model_name, version=None):
     else:
         saved = export_savedmodels_from_preset(preset, export_dir / "serving", model_name,
                                                version)
-    return {"preset_dir": preset, **saved}
+    models_config = write_models_config(export_dir / "serving")
+    return {"preset_dir": preset, **saved, "models_config": models_config}
 
 
 def main(argv=None):

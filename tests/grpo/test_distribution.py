@@ -153,3 +153,44 @@ def test_checkpoint_of_a_one_device_run_resumes_sharded_on_1x4(tmp_path):
     saved, restored = _resume_across(tmp_path, "none", "model:1x4")
     query = "s/transformer_layer_0/self_attention/query/kernel"
     assert tuple(restored[query]) == ("model", "batch", "None")
+
+
+@pytest.mark.slow
+def test_cli_trains_on_a_2x2_mesh_with_lora_resumes_data_parallel_and_exports_servables(
+        tmp_path, tracking_uri):
+    import mlflow
+
+    from serving.signature_runner import predict_standalone
+
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "KERAS_BACKEND": "jax", "MLFLOW_TRACKING_URI": tracking_uri,
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    tiny = ["--model", "tiny:qwen", "--task", "arithmetic", "--tiny-layers", "1",
+            "--tiny-hidden-dim", "32", "--warm-start-steps", "2", "--warm-start-batch-size",
+            "8", "--prompts-per-step", "2", "--group-size", "4", "--num-eval-prompts", "4",
+            "--eval-samples", "2", "--max-new-tokens", "8", "--eval-every", "2",
+            "--checkpoint-every", "1", "--lora-rank", "4", "--run-dir", str(run_dir),
+            "--tracking-uri", tracking_uri, "--no-progress"]
+
+    def cli(*extra):
+        result = subprocess.run([sys.executable, "-m", "pipelines.grpo", *tiny, *extra],
+                                cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=900)
+        assert result.returncode == 0, result.stderr[-4000:]
+
+    cli("--steps", "2", "--distribution", "model:2x2", "--no-export")
+    run_id = (run_dir / "mlflow_run_id.txt").read_text().strip()
+    mlflow.set_tracking_uri(tracking_uri)
+    tags = mlflow.get_run(run_id).data.tags
+    assert tags["layout.mesh_batch_x_model"] == "2x2" and tags["layout.devices"] == "4"
+    assert 0 < float(tags["layout.trainable_share"]) < 0.1  # LoRA pairs only
+
+    cli("--steps", "3", "--distribution", "data")
+    tags = mlflow.get_run(run_id).data.tags
+    assert tags["resumed_from_step"] == "2" and tags["layout.distribution"] == "data"
+    export = run_dir / "export" / "serving"
+    assert (export / "models.config").exists()
+    out = predict_standalone(export / "grpo_policy_generate" / "1",
+                             {"token_ids": np.array([[16, 17, 10, 18, 28]], np.int32),
+                              "lengths": np.array([5], np.int32)})
+    assert out["output_ids"].shape == (1, 64) and 0 <= int(out["output_lengths"][0]) <= 64
