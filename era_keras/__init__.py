@@ -18,6 +18,7 @@ from era_keras.gaussian import (
     GaussianERA,
     check_target_entropy,
     delta_loss,
+    delta_range,
     entropy_range,
     gaussian_entropy,
     gaussian_era,
