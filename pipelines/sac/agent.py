@@ -9,11 +9,21 @@
       actor loss     = -E[min(Q1, Q2)(s, a ~ pi)]
       critic target  = r + gamma * discount * min(Q1', Q2')(s', a' ~ pi)
   plus `delta_loss`, which tunes the head's delta so that the executed (squashed)
-  policy's entropy meets the floor H0, like SAC tunes alpha.
-- `make_agent(config, time_step_spec, action_spec)`: either one, from a SacConfig.
+  policy's entropy meets its target, like SAC tunes alpha.
+
+Why delta is tuned in log space: Adam moves a parameter by about its learning rate per
+update whatever the gradient's size, so a delta stepped directly at lr 3e-4 crosses its
+useful range [0, D (1.419 + log_std_max) - H0] (7 nats for D = 6, H0 = 1.5) in ~23k updates,
+and a D = 21 task's 24.5 nats in ~80k. Stepping log(delta) instead moves delta by a fixed
+*fraction* per update, the same for every D: from DELTA_MIN = 1e-3 nats to the top of the
+range is log(7 / 1e-3) = 8.9 (D = 6) to log(24.5 / 1e-3) = 10.1 (D = 21) in log units,
+which Adam at lr 1e-2 crosses in ~900-1,000 updates, and comes back down as fast. Near the
+target the gradient's sign flips, Adam's momentum averages it out, and delta moves by
+under lr = 1% of itself per update.
 """
 
 import collections
+import math
 
 import era_keras
 import tensorflow as tf
@@ -22,10 +32,13 @@ from tf_agents.agents.sac import sac_agent
 from tf_agents.utils import common, object_identity
 
 from pipelines.sac import networks
+from pipelines.sac.entropy import executed_target
 
 ERASacLossInfo = collections.namedtuple(
     "ERASacLossInfo", ("critic_loss", "actor_loss", "delta_loss", "entropy", "delta")
 )
+# The smallest tuned delta (nats): log space cannot reach 0; 1e-3 nats is no compensation.
+DELTA_MIN = 1e-3
 
 
 class SacAgent(sac_agent.SacAgent):
@@ -48,8 +61,10 @@ class ERASacAgent(SacAgent):
     """SAC whose actor head is Gaussian ERA; entropy terms leave the losses.
 
     Args (besides SacAgent's; `alpha_optimizer` is not used):
-        delta_optimizer: steps the head's delta on `delta_loss`; None keeps delta constant.
+        delta_optimizer: steps log(delta) on `delta_loss`; None keeps delta constant.
         entropy_samples: Monte Carlo samples per state for the tanh policy's entropy.
+        executed_target_entropy: what delta steers the executed policy's entropy to
+            (nats); None: the head's pre-squash floor H0.
     """
 
     def __init__(
@@ -62,6 +77,7 @@ class ERASacAgent(SacAgent):
         critic_optimizer,
         delta_optimizer=None,
         entropy_samples=4,
+        executed_target_entropy=None,
         **sac_kwargs,
     ):
         self._era_head = networks.era_head(actor_network)
@@ -82,7 +98,19 @@ class ERASacAgent(SacAgent):
         )
         self._delta_optimizer = delta_optimizer
         self._entropy_samples = int(entropy_samples)
-        self._target_entropy = self._era_head.target_entropy
+        self._target_entropy = (
+            self._era_head.target_entropy if executed_target_entropy is None
+            else float(executed_target_entropy)
+        )
+        # delta = exp(log_delta), kept inside the head's useful range (see the module doc).
+        low, high = self._era_head.delta_range
+        self._log_delta_bounds = (math.log(DELTA_MIN), math.log(max(high, DELTA_MIN)))
+        self._log_delta = tf.Variable(
+            math.log(min(max(float(self.delta.numpy()), DELTA_MIN), max(high, DELTA_MIN))),
+            trainable=False, name="log_delta",
+        )
+        if delta_optimizer is not None:
+            self.delta.assign(tf.exp(self._log_delta))
 
     @property
     def delta(self):
@@ -149,9 +177,15 @@ class ERASacAgent(SacAgent):
     def actor_loss(self, time_steps, weights=None, training=True):
         return self.actor_loss_and_entropy(time_steps, weights, training)[0]
 
+    @property
+    def pre_squash_floor(self):
+        """H0: the head's floor on the Gaussian before squashing (without delta)."""
+        return self._era_head.target_entropy
+
     def delta_loss(self, entropy):
-        """E[delta * (H[pi] - H0)]: delta grows while the executed entropy is below H0."""
-        return era_keras.delta_loss(self.delta, entropy, self._target_entropy)
+        """E[log delta * (H[pi] - target)]: delta grows while the executed entropy is below
+        its target and shrinks above (`era_keras.delta_loss` on log delta)."""
+        return era_keras.delta_loss(self._log_delta, entropy, self._target_entropy)
 
     def _train(self, experience, weights):
         time_steps, policy_steps, next_time_steps = self._as_transition(experience)
@@ -192,13 +226,14 @@ class ERASacAgent(SacAgent):
         )
 
         with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(self.delta)
+            tape.watch(self._log_delta)
             delta_loss = self.delta_loss(entropy)
         if self._delta_optimizer is not None:
             self._delta_optimizer.apply_gradients(
-                [(tape.gradient(delta_loss, self.delta), self.delta)]
+                [(tape.gradient(delta_loss, self._log_delta), self._log_delta)]
             )
-            self.delta.assign(tf.maximum(self.delta, 0.0))
+            self._log_delta.assign(tf.clip_by_value(self._log_delta, *self._log_delta_bounds))
+            self.delta.assign(tf.exp(self._log_delta))
 
         self.train_step_counter.assign_add(1)
         self._update_target()
@@ -246,12 +281,14 @@ def make_agent(config, time_step_spec, action_spec, train_step_counter=None):
             delta=config.delta,
             log_std_min=config.log_std_min,
             log_std_max=config.log_std_max,
+            mean_bound=config.mean_bound,
         )
         delta_optimizer = tf.keras.optimizers.Adam(config.delta_lr) if config.auto_delta else None
         return ERASacAgent(
             actor_network=actor,
             delta_optimizer=delta_optimizer,
             entropy_samples=config.entropy_samples,
+            executed_target_entropy=executed_target(config, action_dim),
             **common_kwargs,
         )
     actor = networks.sac_actor_network(observation_spec, action_spec, config.hidden_sizes)

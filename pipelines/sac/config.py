@@ -7,6 +7,9 @@ or `paper` (the dataclass defaults); every field can then be overridden one by o
 
 import dataclasses
 
+from pipelines.common.config import Problems
+from pipelines.common.errors import UserError
+
 AGENTS = ("era", "sac")
 SQUASHES = ("tanh", "truncated")
 
@@ -20,13 +23,21 @@ class SacConfig:
 
     # Agent
     agent: str = "era"  # "era": ERA-SAC; "sac": standard SAC with auto-tuned alpha
-    squash: str = "tanh"  # ERA only: "tanh" squashed Gaussian or "truncated" normal
-    target_entropy_per_dim: float = 0.25  # ERA's floor H0 / D (nats); authors: 0.25
+    # ERA only: "truncated" normal on (-1, 1) around tanh(mu) (the authors' policy) or
+    # "tanh" squashed Gaussian (TF-Agents' usual SAC policy; bound its mean, see mean_bound)
+    squash: str = "truncated"
+    target_entropy_per_dim: float = 0.25  # ERA's pre-squash floor H0 / D (nats); authors: 0.25
+    # What delta steers the executed (bounded) action's entropy to, per dim; None: H0 / D.
+    # On (-1, 1) no policy has more than log 2 = 0.693 nats per dim.
+    executed_target_entropy_per_dim: float | None = None
+    # tanh only: mu = m * tanh(mu_raw / m) keeps |mu| <= m, so the executed entropy has a
+    # floor that delta can reach (0: unbounded mean, no such floor)
+    mean_bound: float = 0.0
     log_std_min: float = -8.0
     log_std_max: float = 0.0
     delta: float = 0.0  # ERA's initial (or constant) entropy compensation, nats
-    auto_delta: bool = True  # tune delta so the executed policy's entropy meets H0
-    delta_lr: float = 3e-4
+    auto_delta: bool = True  # tune delta so the executed policy's entropy meets its target
+    delta_lr: float = 1e-2  # Adam on log(delta): crosses delta's range in ~1k updates
     entropy_samples: int = 4  # Monte Carlo samples per state for the tanh policy's entropy
     sac_target_entropy_per_dim: float = -1.0  # standard SAC's alpha target (-dim(A))
     initial_log_alpha: float = 0.0
@@ -81,36 +92,37 @@ PRESETS = {"quick": QUICK, "paper": {}}
 def from_preset(preset="quick", **overrides):
     """A SacConfig from a named preset, then `overrides` field by field."""
     if preset not in PRESETS:
-        raise ValueError(f"Unknown preset {preset!r}; available: {sorted(PRESETS)}.")
+        raise UserError(f"unknown preset {preset!r}; available: {', '.join(sorted(PRESETS))}")
     return SacConfig(**{**PRESETS[preset], **overrides})
 
 
 def check_config(config):
-    """Raise a ValueError that names the field and what is allowed."""
-    if config.agent not in AGENTS:
-        raise ValueError(f"agent={config.agent!r}; allowed: {AGENTS}.")
-    if config.squash not in SQUASHES:
-        raise ValueError(f"squash={config.squash!r}; allowed: {SQUASHES}.")
-    if config.agent == "sac" and config.squash != "tanh":
-        raise ValueError("agent='sac' is TF-Agents' tanh-squashed SAC; squash must be 'tanh'.")
+    """Raise one ConfigError listing every setting that is not allowed (and what is)."""
+    problems = Problems("SAC settings")
+    problems.choice("agent", config.agent, AGENTS)
+    problems.choice("squash", config.squash, SQUASHES)
     positive = (
         "action_repeat", "batch_size", "updates_per_step", "total_env_steps",
         "buffer_size", "eval_every", "eval_episodes", "log_every", "checkpoint_every",
         "entropy_samples",
     )
     for name in positive:
-        if int(getattr(config, name)) < 1:
-            raise ValueError(f"{name} must be >= 1 (got {getattr(config, name)}).")
-    for name in ("time_limit", "warmup_steps", "delta", "critic_weight_decay"):
-        if getattr(config, name) < 0:
-            raise ValueError(f"{name} must be >= 0 (got {getattr(config, name)}).")
-    if not config.hidden_sizes or min(config.hidden_sizes) < 1:
-        raise ValueError(f"hidden_sizes must be positive sizes (got {config.hidden_sizes}).")
-    if not 0.0 < config.tau <= 1.0:
-        raise ValueError(f"tau must be in (0, 1] (got {config.tau}).")
-    if not 0.0 <= config.gamma <= 1.0:
-        raise ValueError(f"gamma must be in [0, 1] (got {config.gamma}).")
-    if config.batch_size > config.buffer_size:
-        raise ValueError(
-            f"batch_size ({config.batch_size}) cannot exceed buffer_size ({config.buffer_size})."
-        )
+        problems.at_least(name, getattr(config, name), 1)
+    for name in ("time_limit", "warmup_steps", "delta", "critic_weight_decay", "mean_bound",
+                 "delta_lr"):
+        problems.at_least(name, getattr(config, name), 0)
+    problems.check(config.mean_bound == 0 or config.squash == "tanh",
+                   "mean_bound applies to squash='tanh' only (the truncated normal's loc is "
+                   "tanh(mu), already inside (-1, 1))")
+    problems.check(config.log_std_min < config.log_std_max,
+                   f"log_std_min ({config.log_std_min}) must be below log_std_max "
+                   f"({config.log_std_max})")
+    problems.check(bool(config.hidden_sizes) and min(config.hidden_sizes, default=0) >= 1,
+                   f"hidden_sizes must be positive sizes (got {config.hidden_sizes})")
+    problems.in_range("tau", config.tau, 0.0, 1.0, low_open=True)
+    problems.in_range("gamma", config.gamma, 0.0, 1.0)
+    problems.check(
+        config.batch_size <= config.buffer_size,
+        f"batch_size ({config.batch_size}) cannot exceed buffer_size ({config.buffer_size})",
+    )
+    problems.raise_if_any()

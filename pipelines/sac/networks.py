@@ -1,10 +1,11 @@
 """Actor and critic networks for SAC, as TF-Agents networks (Keras 2 via tf_keras).
 
-- `ERAProjectionNetwork`: the actor's last layer with Gaussian ERA (arXiv 2510.08549). A dense
-  layer gives the mean `mu` and the raw scale head; `era_keras.gaussian_era_log_std` turns
-  the raw scale into a log std whose Gaussian has entropy exactly H0 + delta (more where
-  log_std_min clips). The executed action is either tanh-squashed (TF-Agents' usual SAC
-  policy) or a normal truncated to (-1, 1) around tanh(mu) (the authors' choice).
+- `ERAProjectionNetwork`: the actor's last layer with Gaussian ERA (arXiv 2510.08549). A
+  dense layer gives the mean `mu` and the raw scale head; `era_keras.gaussian_era` turns
+  them into a Gaussian whose entropy is exactly H0 + delta (more where log_std_min clips).
+  The executed action is either a normal truncated to (-1, 1) around tanh(mu) (the
+  authors' choice) or tanh-squashed (TF-Agents' usual SAC policy), optionally with a
+  bounded mean |mu| <= m so that the executed entropy keeps a floor delta can reach.
 - `CriticNetwork`: Q(s, a) with LayerNorm + ELU hidden layers, the authors' critic.
 - `executed_entropy`: entropy of the action the environment receives (after squashing),
   which is what ERA's delta is tuned on and what the pipeline reports.
@@ -36,36 +37,44 @@ def check_unit_action_spec(action_spec):
 
 
 class ERAProjectionNetwork(network.DistributionNetwork):
-    """Projects features to a squashed Gaussian whose pre-squash entropy is >= H0 + delta.
+    """Projects features to a bounded-action policy whose pre-squash entropy is H0 + delta.
 
     Args:
         sample_spec: the action spec; actions must lie in [-1, 1].
         target_entropy_per_dim: H0 / D in nats (authors: 0.25).
-        squash: "tanh" (tanh of a Gaussian sample) or "truncated" (normal truncated to
-            (-1, 1) with loc tanh(mu) and ERA's scale).
-        delta: initial entropy compensation (nats, >= 0). It is a non-trainable variable
-            of this network, so exported policies carry its value; `ERASacAgent` steps it.
+        squash: "truncated" (normal truncated to (-1, 1) with loc tanh(mu) and ERA's
+            scale) or "tanh" (tanh of a Gaussian sample).
+        delta: initial entropy compensation (nats), kept in `era_keras.delta_range`. It is a
+            non-trainable variable of this network, so exported policies carry its value;
+            `ERASacAgent` sets it.
         log_std_min, log_std_max: ERA's clip range for log sigma (authors: -8, 0).
+        mean_bound: tanh only; m > 0 gives mu = m * tanh(mu_raw / m), so |mu| <= m and the
+            executed entropy cannot fall without limit as means saturate (0: unbounded).
     """
 
     def __init__(
         self,
         sample_spec,
         target_entropy_per_dim=0.25,
-        squash="tanh",
+        squash="truncated",
         delta=0.0,
         log_std_min=-8.0,
         log_std_max=0.0,
+        mean_bound=0.0,
         name="ERAProjectionNetwork",
     ):
         if squash not in ("tanh", "truncated"):
             raise ValueError(f"squash={squash!r}; allowed: 'tanh', 'truncated'.")
+        if mean_bound < 0 or (mean_bound > 0 and squash != "tanh"):
+            raise ValueError(f"mean_bound={mean_bound}: a bound m > 0 applies to tanh only.")
         check_unit_action_spec(sample_spec)
         action_dim = sample_spec.shape.num_elements()
         self.target_entropy = float(target_entropy_per_dim) * action_dim
         era_keras.check_target_entropy(
             self.target_entropy, action_dim, log_std_min, log_std_max
         )
+        self.delta_range = era_keras.delta_range(action_dim, self.target_entropy, log_std_max)
+        self.mean_bound = float(mean_bound)
         super().__init__(
             input_tensor_spec=None,
             state_spec=(),
@@ -76,7 +85,9 @@ class ERAProjectionNetwork(network.DistributionNetwork):
         self.squash = squash
         self._log_std_min = float(log_std_min)
         self._log_std_max = float(log_std_max)
-        self.delta = tf.Variable(float(delta), trainable=False, name="delta")
+        self.delta = tf.Variable(
+            float(min(max(delta, 0.0), self.delta_range[1])), trainable=False, name="delta"
+        )
         self._projection_layer = tf.keras.layers.Dense(
             2 * action_dim, name="projection_layer"
         )
@@ -100,17 +111,19 @@ class ERAProjectionNetwork(network.DistributionNetwork):
     @property
     def floor(self):
         """H0 + delta: the entropy of the Gaussian before squashing (nats)."""
-        return self.target_entropy + tf.maximum(self.delta, 0.0)
+        return self.target_entropy + self.delta
 
     def call(self, inputs, outer_rank, training=False, mask=None):
         batch_squash = network_utils.BatchSquash(outer_rank)
         features = batch_squash.flatten(inputs)
         mu, raw_scale = tf.split(self._projection_layer(features, training=training), 2, -1)
-        log_std = era_keras.gaussian_era_log_std(
-            raw_scale, self.floor, self._log_std_min, self._log_std_max
+        if self.mean_bound > 0:
+            mu = self.mean_bound * tf.tanh(mu / self.mean_bound)
+        mu, std = era_keras.gaussian_era(
+            mu, raw_scale, self.floor, self._log_std_min, self._log_std_max
         )
         mu = batch_squash.unflatten(mu)
-        std = batch_squash.unflatten(tf.exp(log_std))
+        std = batch_squash.unflatten(std)
         return self.output_spec.build_distribution(loc=mu, scale=std), ()
 
 
