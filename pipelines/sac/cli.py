@@ -1,17 +1,18 @@
 """Command line: a preset, then any SacConfig field as `--field-name value`."""
 
 import argparse
-import json
 import os
+import sys
 
 from pipelines.common.cli import add_config_flags, given_config_flags
+from pipelines.common.errors import run_cli
 
 from pipelines.sac.config import AGENTS, PRESETS, SQUASHES, SacConfig, from_preset
 
 
 def _check_environment():
     if os.environ.get("TF_USE_LEGACY_KERAS") != "1":
-        raise SystemExit(
+        raise RuntimeError(
             "TF-Agents needs TF_USE_LEGACY_KERAS=1 before TensorFlow is imported; "
             "start the pipeline with `python -m pipelines.sac`."
         )
@@ -35,18 +36,18 @@ def build_parser():
 
 
 def main(argv=None):
+    """Train one run; user errors raise UserError (`run_cli` prints them in one line)."""
     args = build_parser().parse_args(argv)
-    overrides = given_config_flags(args, SacConfig)
-    try:
-        config = from_preset(args.preset, **overrides)
-    except ValueError as error:
-        raise SystemExit(f"error: {error}")
+    config = from_preset(args.preset, **given_config_flags(args, SacConfig))
     _check_environment()
     from pipelines.sac.train import train
 
-    try:
-        result = train(config, tracking_uri=args.tracking_uri, run_name=args.run_name)
-    except ValueError as error:
-        raise SystemExit(f"error: {error}")
-    print(json.dumps(result, indent=2, default=str))
+    result = train(config, tracking_uri=args.tracking_uri, run_name=args.run_name)
+    print(f"MLflow run {result['run_id']} (experiment sac); eval return "
+          f"{result.get('eval/return', float('nan')):.1f} after {result['env_steps']} env steps")
+    print(f"policy exported to {result['export_dir']} (TF Serving: {result['models_config']})")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

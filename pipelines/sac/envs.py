@@ -11,11 +11,18 @@ limit) stays discount 1, so the critic bootstraps through time limits.
 
 import difflib
 import importlib
+import os
 
 import numpy as np
 from tf_agents.environments import py_environment, wrappers
 from tf_agents.specs import array_spec
 from tf_agents.trajectories import time_step as ts
+
+from pipelines.common.errors import UserError
+
+
+class EnvError(UserError, ValueError):
+    """An environment id or option that cannot be loaded; the message says what can."""
 
 
 class GymnasiumEnvironment(py_environment.PyEnvironment):
@@ -26,7 +33,7 @@ class GymnasiumEnvironment(py_environment.PyEnvironment):
         import gymnasium
 
         if not isinstance(env.action_space, gymnasium.spaces.Box):
-            raise ValueError(
+            raise EnvError(
                 f"{env.spec.id if env.spec else env} has action space {env.action_space}; "
                 "SAC needs continuous (Box) actions."
             )
@@ -140,9 +147,18 @@ def native_action_bounds(env):
     raise ValueError("No UnitActions wrapper: was the env made by load_environment?")
 
 
+def _dm_control_suite():
+    # dm_control picks an OpenGL backend on import and warns (GLFW: no DISPLAY) on a
+    # headless machine; training never renders, so ask for none unless the user chose one.
+    os.environ.setdefault("MUJOCO_GL", "disable")
+    from dm_control import suite
+
+    return suite
+
+
 def dm_control_tasks():
     """DMC ids available here, as `<domain>-<task>`."""
-    from dm_control import suite
+    suite = _dm_control_suite()
 
     return sorted(f"{domain}-{task}" for domain, task in suite.ALL_TASKS)
 
@@ -165,11 +181,11 @@ def _unknown_env_error(env_id):
     dmc = dm_control_tasks()
     close = difflib.get_close_matches(env_id, sorted(gymnasium.registry) + dmc, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return ValueError(
-        f"Unknown environment id {env_id!r}.{hint}\n"
+    return EnvError(
+        f"Unknown environment id {env_id!r}.{hint} "
         f"gymnasium (MuJoCo and classic control; any registered id works): "
-        f"{', '.join(gym_ids)}\n"
-        f"DeepMind Control Suite (<domain>-<task>): {', '.join(dmc)}\n"
+        f"{', '.join(gym_ids)}. "
+        f"DeepMind Control Suite (<domain>-<task>): {', '.join(dmc)}. "
         "Ids that a package registers on import load as '<module>:<id>', "
         "e.g. 'humanoid_bench:h1hand-run-v0' where HumanoidBench is installed."
     )
@@ -183,7 +199,7 @@ def _load_gymnasium(env_id, seed):
         try:
             importlib.import_module(module)
         except ImportError as error:
-            raise ValueError(
+            raise EnvError(
                 f"Environment {env_id!r} needs the module {module!r}, which cannot be "
                 f"imported here ({error}). Install the package that provides it."
             ) from error
@@ -196,6 +212,7 @@ def _load_dm_control(env_id, seed):
     domain, _, task = env_id.partition("-")
     if f"{domain}-{task}" not in dm_control_tasks():
         return None
+    _dm_control_suite()
     from tf_agents.environments import suite_dm_control
 
     return suite_dm_control.load(domain, task, task_kwargs={"random": seed})
@@ -206,12 +223,12 @@ def load_environment(env_id, seed=0, action_repeat=1, time_limit=0):
 
     action_repeat: each agent action is applied this many times (rewards summed).
     time_limit: agent steps per episode (after action repeat); 0 keeps the environment's.
-    Raises a ValueError that lists the available ids when `env_id` is unknown.
+    Raises an EnvError (a UserError) listing the available ids when `env_id` is unknown.
     """
     if not isinstance(env_id, str) or not env_id:
-        raise ValueError(f"env must be a non-empty id string, got {env_id!r}.")
+        raise EnvError(f"env must be a non-empty id string, got {env_id!r}.")
     if int(action_repeat) < 1 or int(time_limit) < 0:
-        raise ValueError(
+        raise EnvError(
             f"action_repeat must be >= 1 and time_limit >= 0 "
             f"(got {action_repeat}, {time_limit})."
         )

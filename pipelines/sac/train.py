@@ -2,16 +2,17 @@
 evaluate the deterministic policy, checkpoint everything, track in MLflow, export.
 
 One iteration = one environment step (random actions for the first `warmup_steps`), then
-`updates_per_step` gradient steps. Everything that a killed run needs is in one
-tf.train.Checkpoint under `<run_dir>/checkpoints`: the agent (networks, target networks,
-optimizers, alpha or delta), the replay buffer, the env-step counter and the running
-episode metrics. Starting again with the same `run_dir` restores it and continues the
-same MLflow run.
+`updates_per_step` gradient steps. The run directory follows the contract of
+`pipelines.common.run_dir`: it is claimed only once the settings are known to be valid
+(the environment exists, the entropy targets are reachable with its action dimension).
+Everything a killed run needs is in `checkpoint.py`'s checkpoints (two kept); starting
+again with the same `run_dir` restores the newest readable one and continues the same
+MLflow run.
 """
 
-import json
 import pathlib
 import time
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -19,37 +20,34 @@ from tf_agents.drivers import dynamic_step_driver
 from tf_agents.environments import tf_py_environment
 from tf_agents.eval import metric_utils
 from tf_agents.metrics import tf_metrics
-from tf_agents.policies import greedy_policy, policy_saver, random_tf_policy
+from tf_agents.policies import greedy_policy, random_tf_policy
+from tensorflow.python.util import deprecation
 from tf_agents.utils import common
 
 from pipelines.common import tracking
-from pipelines.sac import envs, networks, replay
+from pipelines.common.config import Problems
+from pipelines.common.metrics import grouped, metric_history
+from pipelines.common.run_dir import RunDir
+from pipelines.sac import checkpoint, entropy, envs, networks, replay
 from pipelines.sac.agent import ERASacAgent, make_agent
+from pipelines.sac.export import export_policy
+
+# Autograph compiles TF-Agents' `state is not ()` checks into code that Python flags with a
+# SyntaxWarning on every trace; the code is TF-Agents', the warning says nothing about ours.
+warnings.filterwarnings("ignore", category=SyntaxWarning, module=r".*__autograph_generated_file")
 
 EXPERIMENT = "sac"
 # Fields that may change when a run is resumed; any other change starts a different run.
-RESUMABLE_CHANGES = {"total_env_steps", "eval_every", "eval_episodes", "log_every",
-                     "checkpoint_every", "export_base", "model_name"}
+RESUMABLE_CHANGES = ("total_env_steps", "eval_every", "eval_episodes", "log_every",
+                     "checkpoint_every", "export_base", "model_name")
 
 
-def check_resume_config(run_dir, config):
-    """Refuse to resume a run dir with a different config; record the config otherwise."""
-    path = pathlib.Path(run_dir) / "sac_config.json"
-    current = json.loads(json.dumps(tracking.config_to_dict(config), default=list))
-    if path.exists():
-        saved = json.loads(path.read_text())
-        changed = sorted(
-            key for key in set(saved) | set(current)
-            if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key)
-        )
-        if changed:
-            details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
-            raise ValueError(
-                f"{run_dir} holds a run with other settings ({details}). Resume it with "
-                f"the same settings (only {sorted(RESUMABLE_CHANGES)} may change) or give "
-                "another --run-dir."
-            )
-    tracking.write_json(path, current)
+def default_run_name(config):
+    """The MLflow run name: pipeline, env, agent (and squash), seed."""
+    agent = f"era-{config.squash}" if config.agent == "era" else "sac"
+    if config.agent == "era" and config.squash == "tanh" and config.mean_bound > 0:
+        agent += f"-m{config.mean_bound:g}"
+    return f"sac {config.env} {agent} seed {config.seed}"
 
 
 class SacRun:
@@ -63,6 +61,10 @@ class SacRun:
                 config.env, config.seed, config.action_repeat, config.time_limit
             )
         )
+        action_dim = self.env.action_spec().shape.num_elements()
+        problems = Problems(f"SAC settings for {config.env} ({action_dim} action dims)")
+        entropy.check_targets(problems, config, action_dim)
+        problems.raise_if_any()
         self.eval_env = tf_py_environment.TFPyEnvironment(
             envs.load_environment(
                 config.env, config.seed + 10_000, config.action_repeat, config.time_limit
@@ -82,6 +84,8 @@ class SacRun:
         self.train_metrics = [
             tf_metrics.AverageReturnMetric(buffer_size=10),
             tf_metrics.AverageEpisodeLengthMetric(buffer_size=10),
+            # The best of the last 10 episodes: shows the first success on sparse tasks.
+            tf_metrics.MaxReturnMetric(buffer_size=10),
         ]
         self.checkpoint = tf.train.Checkpoint(
             agent=self.agent,
@@ -89,10 +93,6 @@ class SacRun:
             env_step=self.env_step,
             train_metrics=self.train_metrics,
         )
-        self.checkpoints = tf.train.CheckpointManager(
-            self.checkpoint, pathlib.Path(config.run_dir) / "checkpoints", max_to_keep=1
-        )
-        self.checkpoints.restore_or_initialize()
 
         def driver(policy):
             return common.function(
@@ -113,10 +113,26 @@ class SacRun:
         self.collect = driver(self.agent.collect_policy)
         self.train_step = common.function(self.agent.train)
         self.batches = None
+        self.checkpoints = None
+        self.eval_metrics = None
+
+    def restore(self):
+        """Restore the newest readable checkpoint of the run dir; returns its env step or None.
+
+        Call it once the run dir is claimed. Saves keep the newest two checkpoints.
+        """
+        step = checkpoint.restore(self.checkpoint, self.config.run_dir)
+        self.checkpoints = checkpoint.manager(self.checkpoint, self.config.run_dir)
+        return step
+
+    def save(self):
+        self.checkpoints.save(checkpoint_number=int(self.env_step.numpy()))
 
     def sample(self):
         if self.batches is None:
-            self.batches = replay.sample_batches(self.buffer, self.config.batch_size)
+            # TF-Agents' own as_dataset calls its deprecated get_next; that warning is not ours.
+            with deprecation.silence():
+                self.batches = replay.sample_batches(self.buffer, self.config.batch_size)
         return next(self.batches)
 
     def policy_statistics(self, batch):
@@ -125,24 +141,26 @@ class SacRun:
         executed = networks.executed_entropy(distribution, self.config.entropy_samples)
         pre_squash = networks.pre_squash_entropy(distribution)
         stats = {
-            "entropy/executed": float(tf.reduce_mean(executed)),
-            "entropy/pre_squash": float(tf.reduce_mean(pre_squash)),
-            "entropy/pre_squash_min": float(tf.reduce_min(pre_squash)),
+            "executed": tf.reduce_mean(executed),
+            "executed_target": self.agent.target_entropy,
+            "pre_squash": tf.reduce_mean(pre_squash),
+            "pre_squash_min": tf.reduce_min(pre_squash),
         }
-        stats["entropy/target"] = float(self.agent.target_entropy)
         if self.is_era:
-            stats["entropy/floor"] = float(self.agent.entropy_floor)
-            stats["delta"] = float(self.agent.delta)
+            stats["pre_squash_floor"] = self.agent.entropy_floor  # H0 + delta
+            stats["delta"] = self.agent.delta
         else:
-            stats["alpha"] = float(self.agent.alpha)
-        return stats
+            stats["alpha"] = self.agent.alpha
+        return grouped("entropy", stats)
 
     def evaluate(self):
         """Mean return and episode length of the deterministic policy."""
-        metrics = [
-            tf_metrics.AverageReturnMetric(buffer_size=self.config.eval_episodes),
-            tf_metrics.AverageEpisodeLengthMetric(buffer_size=self.config.eval_episodes),
-        ]
+        if self.eval_metrics is None:  # made once: new metric objects retrace their functions
+            self.eval_metrics = [
+                tf_metrics.AverageReturnMetric(buffer_size=self.config.eval_episodes),
+                tf_metrics.AverageEpisodeLengthMetric(buffer_size=self.config.eval_episodes),
+            ]
+        metrics = self.eval_metrics
         metric_utils.eager_compute(
             metrics,
             self.eval_env,
@@ -153,37 +171,31 @@ class SacRun:
                 "eval/episode_length": float(metrics[1].result())}
 
     def export(self, export_base, model_name):
-        """The deterministic policy as a SavedModel in TF Serving's layout.
+        """The policy as a plain SavedModel in TF Serving's layout (see `export.py`).
 
-        PolicySaver writes TF-Agents' signatures (`action`, ...) to `<run_dir>/policy`;
-        serving.export copies that into `<export_base>/<model_name>/<next version>/` with
-        `action` also as `serving_default`, and refreshes `<export_base>/models.config`.
-        Returns the version directory.
+        Returns (the SavedModel under the run dir, the version directory).
         """
-        from serving.export import copy_into_layout
+        return export_policy(
+            self.agent._actor_network,
+            self.env.observation_spec().shape.num_elements(),
+            self.action_bounds,
+            self.config.run_dir,
+            export_base,
+            model_name,
+            about={"env": self.config.env, "agent": self.config.agent,
+                   "train_step": int(self.agent.train_step_counter.numpy())},
+        )
 
-        saved_model_dir = pathlib.Path(self.config.run_dir) / "policy"
-        policy_saver.PolicySaver(
-            greedy_policy.GreedyPolicy(self.agent.policy),
-            batch_size=None,
-            train_step=self.agent.train_step_counter,
-        ).save(str(saved_model_dir))
-        tracking.write_json(
-            saved_model_dir / "assets.extra" / "action_space.json",
-            {"env": self.config.env, "policy_action_range": [-1.0, 1.0],
-             "env_action_low": self.action_bounds[0], "env_action_high": self.action_bounds[1],
-             "note": "the policy acts in [-1, 1]; the env gets low + (a + 1) / 2 * (high - low)"},
-        )
-        version_dir, _ = copy_into_layout(
-            saved_model_dir, export_base, model_name, signature_name="action"
-        )
-        return version_dir
+
+def finite_or_none(value):
+    value = float(value)
+    return value if np.isfinite(value) else None
 
 
 def loss_metrics(loss_info):
     extra = loss_info.extra._asdict()
-    return {f"loss/{name}": float(value) for name, value in extra.items()
-            if name.endswith("_loss")}
+    return grouped("train", {name: value for name, value in extra.items()
+                             if name.endswith("_loss")})
 
 
 def _progress(config, initial):
@@ -193,37 +205,39 @@ def _progress(config, initial):
                 desc=f"{config.agent}-sac {config.env}", dynamic_ncols=True)
 
 
+CURVES = {"eval/return": "return/eval", "train/return": "return/train",
+          "entropy/executed": "entropy/executed", "entropy/executed_target": "entropy/target",
+          "entropy/pre_squash": "entropy/pre-squash"}
+
+
 def log_learning_curves(run_id):
     """A learning-curve + entropy plot from the run's whole metric history (resumes too)."""
-    import mlflow
-
-    client = mlflow.tracking.MlflowClient()
-    curves = {}
-    names = {"eval/return": "return/eval", "train/return": "return/train",
-             "entropy/executed": "entropy/executed", "entropy/pre_squash": "entropy/pre-squash",
-             "entropy/target": "entropy/target"}
-    for metric, label in names.items():
-        # A resumed run logs some steps twice; keep the latest value per step.
-        points = {m.step: m.value for m in sorted(
-            client.get_metric_history(run_id, metric), key=lambda m: m.timestamp)}
-        if points:
-            steps = sorted(points)
-            curves[label] = (steps, [points[s] for s in steps])
+    history = metric_history(run_id, list(CURVES))
+    curves = {CURVES[key]: series for key, series in history.items() if series[0]}
     if curves:
         tracking.log_curves(curves, "learning_curves.png", xlabel="env step")
     return curves
 
 
 def train(config, tracking_uri=None, run_name=None):
-    """Train (or resume) one run; returns a dict of final metrics and paths."""
+    """Train (or resume) one run; returns a dict of final metrics and paths.
+
+    The run dir is claimed only after the environment is loaded and the entropy targets
+    are checked against its action dimension, so a typo never blocks a run dir.
+    """
     import mlflow
 
-    run_dir = pathlib.Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    check_resume_config(run_dir, config)
-    run = SacRun(config)
-    with tracking.tracked_run(EXPERIMENT, config, run_dir=run_dir,
-                              tracking_uri=tracking_uri, run_name=run_name) as active:
+    run = SacRun(config)  # loads the env and checks what needs its action dimension
+    run_dir = RunDir(config.run_dir)
+    run_dir.claim(config, may_change=RESUMABLE_CHANGES)
+    resumed_from = run.restore()
+    if resumed_from is not None:
+        run_dir.announce_resume(f"env step {resumed_from}")
+    # Counts only once updates start: the warm-up's random actions are not the policy's.
+    watch = entropy.ShortfallWatch(config.total_env_steps)
+    with tracking.tracked_run(EXPERIMENT, config, run_dir=run_dir.path,
+                              tracking_uri=tracking_uri,
+                              run_name=run_name or default_run_name(config)) as active:
         mlflow.set_tag("resumed_from_env_step", int(run.env_step.numpy()))
         progress = _progress(config, int(run.env_step.numpy()))
         last = {"time": time.perf_counter(), "env": int(run.env_step.numpy()),
@@ -243,14 +257,25 @@ def train(config, tracking_uri=None, run_name=None):
                 now = time.perf_counter()
                 train_steps = int(run.agent.train_step_counter.numpy())
                 metrics = {
-                    "train/return": float(run.train_metrics[0].result()),
-                    "train/episode_length": float(run.train_metrics[1].result()),
-                    "perf/env_steps_per_s": (step - last["env"]) / (now - last["time"]),
-                    "perf/grad_steps_per_s": (train_steps - last["train"]) / (now - last["time"]),
-                    "replay/size": int(run.buffer.num_frames().numpy()),
+                    **grouped("train", {
+                        "return": run.train_metrics[0].result(),
+                        "episode_length": run.train_metrics[1].result(),
+                        # None (not logged) before the first episode ends: max of nothing.
+                        "max_return": finite_or_none(run.train_metrics[2].result()),
+                        "replay_size": run.buffer.num_frames(),
+                    }),
+                    **grouped("perf", {
+                        "env_steps_per_s": (step - last["env"]) / (now - last["time"]),
+                        "grad_steps_per_s": (train_steps - last["train"]) / (now - last["time"]),
+                    }),
                 }
                 if int(run.buffer.num_frames()) >= config.batch_size:
                     metrics.update(run.policy_statistics(run.sample()))
+                if step > config.warmup_steps and "entropy/executed" in metrics:
+                    shortfall = watch.observe(step, metrics["entropy/executed"],
+                                              metrics["entropy/executed_target"])
+                    if shortfall:
+                        mlflow.set_tag("warning.entropy_shortfall", shortfall)
                 if loss_info is not None:
                     metrics.update(loss_metrics(loss_info))
                 mlflow.log_metrics(metrics, step=step)
@@ -263,19 +288,20 @@ def train(config, tracking_uri=None, run_name=None):
                 metrics.update(evaluation)
                 last["time"] = time.perf_counter()  # evaluation is not training time
             if step % config.checkpoint_every == 0 or step == config.total_env_steps:
-                run.checkpoints.save(checkpoint_number=step)
+                run.save()
         progress.close()
 
         export_base = pathlib.Path(config.export_base or run_dir / "export")
-        export_dir = run.export(export_base, config.model_name)
-        mlflow.log_artifacts(str(export_dir), artifact_path="policy")
+        saved_model_dir, export_dir = run.export(export_base, config.model_name)
+        mlflow.log_artifacts(str(saved_model_dir), artifact_path="policy")
         log_learning_curves(active.info.run_id)
         result = {
             "run_id": active.info.run_id,
             "env_steps": int(run.env_step.numpy()),
             "train_steps": int(run.agent.train_step_counter.numpy()),
             "export_dir": str(export_dir),
+            "models_config": str(pathlib.Path(export_base).resolve() / "models.config"),
             **metrics,
         }
-        tracking.write_json(run_dir / "result.json", result)
+        run_dir.finish(result)
         return result

@@ -4,25 +4,52 @@ import pathlib
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import mlflow
 import numpy as np
 import pytest
 
+from pipelines.common.errors import CorruptCheckpointError, UserError, run_cli
+from pipelines.common.metrics import metric_history
 from pipelines.sac import cli
 from pipelines.sac.config import SacConfig, from_preset
 from pipelines.sac.train import SacRun, train
-from serving.export import check_loads_standalone
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY = dict(hidden_sizes=(16, 16), batch_size=32, buffer_size=5_000, warmup_steps=100,
             log_every=50, eval_every=150, eval_episodes=1, checkpoint_every=150)
 
 
-def metric_history(run_id, name):
-    client = mlflow.tracking.MlflowClient()
-    return {m.step: m.value for m in client.get_metric_history(run_id, name)}
+def history(run_id, name):
+    steps, values = metric_history(run_id, [name])[name]
+    return dict(zip(steps, values))
+
+
+# Loads the export the way TF Serving's Python twin does, in a process where tfp,
+# TF-Agents, Keras, era_keras and this repository cannot be imported.
+STANDALONE = textwrap.dedent("""
+    import sys
+    BLOCKED = ("tensorflow_probability", "tf_agents", "era_keras", "pipelines", "serving",
+               "keras", "tf_keras", "gym", "gymnasium")
+    for name in BLOCKED:
+        sys.modules[name] = None  # `import name` now raises ImportError; find_spec says absent
+    sys.path[:] = [p for p in sys.path if p and p.rstrip("/") != "REPO"]
+    import numpy as np
+    import tensorflow as tf
+
+    export_dir, observations_file, out_file = sys.argv[1:]
+    policy = tf.saved_model.load(export_dir)
+    observations = tf.constant(np.load(observations_file))
+    deterministic = policy.signatures["serving_default"](observation=observations)
+    sample = policy.signatures["sample"](observation=observations)
+    spec = policy.signatures["serving_default"].structured_input_signature[1]["observation"]
+    assert all(sys.modules[name] is None for name in BLOCKED), "a blocked module was loaded"
+    np.savez(out_file, action=deterministic["action"].numpy(),
+             env_action=deterministic["env_action"].numpy(), sample=sample["action"].numpy(),
+             shape=np.array([-1 if d is None else d for d in spec.shape]))
+""").replace("REPO", str(REPO))
 
 
 def test_mujoco_end_to_end_tracks_exports_and_keeps_the_floor(tmp_path, tracking_uri):
@@ -33,46 +60,83 @@ def test_mujoco_end_to_end_tracks_exports_and_keeps_the_floor(tmp_path, tracking
 
     run = mlflow.get_run(result["run_id"])
     assert run.data.params["agent"] == "era" and run.data.params["env"] == "HalfCheetah-v5"
-    for name in ("eval/return", "train/return", "entropy/executed", "delta", "loss/critic_loss",
-                 "loss/actor_loss", "loss/delta_loss", "perf/grad_steps_per_s"):
+    assert run.info.run_name == "sac HalfCheetah-v5 era-truncated seed 0"
+    for name in ("eval/return", "train/return", "entropy/executed", "entropy/executed_target",
+                 "entropy/pre_squash", "entropy/delta", "train/critic_loss",
+                 "train/actor_loss", "train/delta_loss", "perf/grad_steps_per_s"):
         assert name in run.data.metrics, name
     # The floor: the actor's Gaussian never has less entropy than H0 + delta.
-    floors = metric_history(result["run_id"], "entropy/floor")
-    minima = metric_history(result["run_id"], "entropy/pre_squash_min")
+    floors = history(result["run_id"], "entropy/pre_squash_floor")
+    minima = history(result["run_id"], "entropy/pre_squash_min")
     assert len(floors) >= 5
     for step, floor in floors.items():
         assert minima[step] >= floor - 1e-4
         assert floor >= 0.25 * 6 - 1e-6
+    assert set(history(result["run_id"], "entropy/executed_target").values()) == {1.5}
 
     artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(result["run_id"])}
     assert {"learning_curves.png", "policy", "config.json"} <= artifacts
     export_dir = pathlib.Path(result["export_dir"])
     assert export_dir.parent.name == "era_sac_policy" and export_dir.name == "1"
-    # Run as TF Serving runs it (serving_default = TF-Agents' action signature), in a
-    # process that has neither the project, TF-Agents nor tfp.
-    actions = np.asarray(check_loads_standalone(export_dir)["action"])
-    assert actions.shape[-1] == 6 and np.all(np.abs(actions) <= 1.0)
     assert (export_dir.parent.parent / "models.config").exists()
     bounds = json.loads((export_dir / "assets.extra" / "action_space.json").read_text())
     assert bounds["env_action_low"] == [-1.0] * 6
 
+    # The export acts with TensorFlow alone, as the trained deterministic policy does.
+    import tensorflow as tf
+    from tf_agents.policies import greedy_policy
+    from tf_agents.trajectories import time_step as ts
+
+    observations = np.random.default_rng(0).standard_normal((5, 17)).astype(np.float32)
+    np.save(tmp_path / "obs.npy", observations)
+    script = tmp_path / "standalone.py"
+    script.write_text(STANDALONE)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONSTARTUP", "TF_USE_LEGACY_KERAS")}
+    done = subprocess.run([sys.executable, str(script), str(export_dir), str(tmp_path / "obs.npy"),
+                           str(tmp_path / "out.npz")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    served = np.load(tmp_path / "out.npz")
+    assert served["shape"].tolist() == [-1, 17]
+    run_again = SacRun(config)
+    run_again.restore()
+    expected = greedy_policy.GreedyPolicy(run_again.agent.policy).action(
+        ts.restart(tf.constant(observations), batch_size=5)).action.numpy()
+    np.testing.assert_allclose(served["action"], expected, atol=1e-5)
+    np.testing.assert_allclose(served["env_action"], expected, atol=1e-5)  # bounds are +-1
+    assert served["sample"].shape == (5, 6) and np.all(np.abs(served["sample"]) <= 1.0)
+    assert not np.allclose(served["sample"], served["action"])
+
 
 @pytest.mark.slow
-def test_dm_control_end_to_end_with_truncated_normal(tmp_path, tracking_uri):
-    config = SacConfig(env="cartpole-swingup", squash="truncated", total_env_steps=300,
-                       action_repeat=2, run_dir=str(tmp_path / "run"), **TINY)
+def test_dm_control_end_to_end_with_tanh_and_a_mean_bound(tmp_path, tracking_uri):
+    config = SacConfig(env="cartpole-swingup", squash="tanh", mean_bound=0.75,
+                       total_env_steps=300, action_repeat=2, run_dir=str(tmp_path / "run"),
+                       **TINY)
     result = train(config)
     assert result["env_steps"] == 300 and np.isfinite(result["eval/return"])
     assert result["eval/episode_length"] == 500  # DMC's 1000 steps at action repeat 2
-    assert np.isfinite(result["entropy/executed"]) and result["delta"] >= 0.0
+    assert np.isfinite(result["entropy/executed"]) and result["entropy/delta"] >= 0.0
 
 
-def test_standard_sac_baseline_runs(tmp_path, tracking_uri):
-    config = SacConfig(env="Pendulum-v1", agent="sac", total_env_steps=200,
+def test_standard_sac_tunes_alpha_towards_its_target(tmp_path, tracking_uri):
+    """SAC's temperature rule: alpha falls while the policy's entropy is above the target
+    -dim(A) (= -1 on Pendulum) and rises below it. A fresh tanh-Gaussian policy on one
+    action dim has ~0.5 nats, well above -1, so every alpha logged once updates have begun
+    is below the one before, starting from alpha_0 = 1."""
+    config = SacConfig(env="Pendulum-v1", agent="sac", total_env_steps=300,
                        run_dir=str(tmp_path / "run"), **TINY)
     result = train(config)
-    assert result["train_steps"] == 200 and "alpha" in result and "delta" not in result
-    assert result["alpha"] != 1.0  # alpha was tuned
+    assert result["train_steps"] == 2 * 200 and "entropy/delta" not in result
+    alphas = history(result["run_id"], "entropy/alpha")
+    executed = history(result["run_id"], "entropy/executed")
+    assert set(history(result["run_id"], "entropy/executed_target").values()) == {-1.0}
+    steps = [step for step in sorted(alphas) if step > TINY["warmup_steps"]]  # updates began
+    assert len(steps) == 4 and all(executed[step] > -1.0 for step in steps)
+    values = [1.0] + [alphas[step] for step in steps]
+    assert all(later < earlier for earlier, later in zip(values, values[1:])), values
+    assert "train/alpha_loss" in mlflow.get_run(result["run_id"]).data.metrics
 
 
 def test_replay_holds_only_real_transitions(tmp_path):
@@ -95,28 +159,81 @@ def test_replay_holds_only_real_transitions(tmp_path):
 def test_resume_refuses_other_settings(tmp_path, tracking_uri):
     run_dir = str(tmp_path / "run")
     train(SacConfig(env="Pendulum-v1", total_env_steps=50, run_dir=run_dir, **TINY))
-    with pytest.raises(ValueError, match="hidden_sizes"):
+    with pytest.raises(UserError, match="hidden_sizes"):
         train(SacConfig(env="Pendulum-v1", total_env_steps=300, run_dir=run_dir,
                         **{**TINY, "hidden_sizes": (8,)}))
 
 
-def test_cli_rejects_bad_input(tmp_path, capsys):
-    with pytest.raises(SystemExit) as error:
-        cli.main(["--env", "Cheetah-v9", "--run-dir", str(tmp_path / "r"),
-                  "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
-    assert "Unknown environment id 'Cheetah-v9'" in str(error.value)
-    assert "HalfCheetah-v5" in str(error.value) and "humanoid-run" in str(error.value)
-    with pytest.raises(SystemExit) as error:
-        cli.main(["--batch-size", "0"])
-    assert "batch_size must be >= 1" in str(error.value)
+def test_a_mistyped_env_does_not_claim_the_run_dir(tmp_path, tracking_uri, capsys):
+    """Regression: the config used to be written before the env was checked, so the
+    corrected command was refused as "a run with other settings"."""
+    run_dir = str(tmp_path / "run")
+    args = ["--run-dir", run_dir, "--total-env-steps", "50", "--warmup-steps", "20",
+            "--hidden-sizes", "8", "--batch-size", "8", "--log-every", "25",
+            "--eval-every", "50", "--eval-episodes", "1", "--checkpoint-every", "50"]
+    assert run_cli(cli.main, ["--env", "NoSuchEnv-v0", *args]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: Unknown environment id 'NoSuchEnv-v0'")
+    assert "\n" not in error and "Traceback" not in error
+    assert not (tmp_path / "run" / "config.json").exists()
+    assert run_cli(cli.main, ["--env", "Pendulum-v1", *args]) == 0
+    assert (tmp_path / "run" / "finished.json").exists()
+
+
+def test_an_unreachable_entropy_target_is_refused_before_the_run_dir_is_claimed(tmp_path):
+    with pytest.raises(UserError, match=r"tanh with mean bound 1.0 reaches"):
+        train(SacConfig(env="Pendulum-v1", squash="tanh", mean_bound=1.0,
+                        run_dir=str(tmp_path / "run"), **TINY))
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_reports_every_bad_setting_in_one_line(tmp_path, capsys):
+    assert run_cli(cli.main, ["--batch-size", "0", "--tau", "2", "--squash", "truncated",
+                              "--mean-bound", "0.5", "--run-dir", str(tmp_path / "r")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: invalid SAC settings: ")
+    for problem in ("batch_size must be >= 1", "tau must be in (0.0, 1.0]",
+                    "mean_bound applies to squash='tanh' only"):
+        assert problem in error, problem
+    assert run_cli(cli.main, ["--preset", "paper", "--env", "Cheetah-v9",
+                              "--run-dir", str(tmp_path / "r"),
+                              "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    error = capsys.readouterr().err
+    assert "Unknown environment id 'Cheetah-v9'" in error and "humanoid-run" in error
     with pytest.raises(SystemExit):
         cli.main(["--agent", "ppo"])
     assert "invalid choice" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="squash must be 'tanh'"):
-        from_preset("quick", agent="sac", squash="truncated")
+    with pytest.raises(UserError, match="unknown preset 'fast'"):
+        from_preset("fast")
 
 
-def run_cli(args, tmp_path):
+def test_a_damaged_checkpoint_falls_back_to_the_one_before(tmp_path, tracking_uri, capsys):
+    run_dir = tmp_path / "run"
+    config = dict(env="Pendulum-v1", run_dir=str(run_dir), **TINY)
+    train(SacConfig(total_env_steps=300, **config))
+    checkpoints = run_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("*.index")) == ["ckpt-150.index",
+                                                                   "ckpt-300.index"]
+    newest = next(checkpoints.glob("ckpt-300.data-*"))
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated
+    (checkpoints / "checkpoint").write_text("")  # TF's state file, empty
+    with pytest.warns(RuntimeWarning, match=r"ckpt-300 .*cannot be read.*falling back"):
+        result = train(SacConfig(total_env_steps=450, **config))
+    assert "Resuming the run in" in capsys.readouterr().err
+    assert result["env_steps"] == 450
+    run = mlflow.get_run(result["run_id"])
+    assert run.data.tags["resumed_from_env_step"] == "150"
+
+    for data in checkpoints.glob("ckpt-*.data-*"):
+        data.write_bytes(b"")
+    with pytest.raises(CorruptCheckpointError) as error, pytest.warns(RuntimeWarning):
+        train(SacConfig(total_env_steps=600, **config))
+    message = str(error.value)
+    assert "no usable SAC checkpoint" in message and "ckpt-450" in message
+    assert f"delete {checkpoints}" in message
+
+
+def start_cli(args, tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-m", "pipelines.sac", *args], cwd=tmp_path, env=env,
@@ -130,22 +247,26 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
             "--total-env-steps", "900", "--warmup-steps", "100", "--checkpoint-every", "200",
             "--log-every", "100", "--eval-every", "300", "--eval-episodes", "1",
             "--run-dir", str(run_dir)]
-    process = run_cli(args, tmp_path)
+    process = start_cli(args, tmp_path)
     checkpoint_index = run_dir / "checkpoints" / "checkpoint"
     deadline = time.time() + 240
     while not (checkpoint_index.exists() and "ckpt-400" in checkpoint_index.read_text()):
         assert process.poll() is None, process.stdout.read()[-3000:]
         assert time.time() < deadline, "no checkpoint within 4 minutes"
         time.sleep(0.2)
+    # Killed mid-run, not after it finished on its own.
+    assert process.poll() is None, "the run ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (run_dir / "result.json").exists()
+    assert process.returncode == -signal.SIGKILL
+    assert not (run_dir / "finished.json").exists()
     first_run_id = (run_dir / "mlflow_run_id.txt").read_text().strip()
 
-    resumed = run_cli(args, tmp_path)
+    resumed = start_cli(args, tmp_path)
     output, _ = resumed.communicate(timeout=400)
     assert resumed.returncode == 0, output[-3000:]
-    result = json.loads((run_dir / "result.json").read_text())
+    assert f"Resuming the run in {run_dir} from env step" in output
+    result = json.loads((run_dir / "finished.json").read_text())
     assert result["run_id"] == first_run_id
     assert result["env_steps"] == 900
     # Exactly the updates of one uninterrupted run (quick preset: 1 update per step).
@@ -154,5 +275,5 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     run = mlflow.get_run(first_run_id)
     resumed_from = int(run.data.tags["resumed_from_env_step"])
     assert resumed_from >= 400 and resumed_from % 200 == 0
-    assert result["replay/size"] == 900
-    assert sorted(metric_history(first_run_id, "eval/return")) == [300, 600, 900]
+    assert result["train/replay_size"] == 900
+    assert sorted(history(first_run_id, "eval/return")) == [300, 600, 900]

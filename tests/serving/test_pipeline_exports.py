@@ -99,8 +99,9 @@ _SAC_GREEDY_ACTIONS = textwrap.dedent("""
     from pipelines.sac.train import SacRun
 
     run_dir, observations_file, actions_file = sys.argv[1:]
-    config = SacConfig(**json.load(open(os.path.join(run_dir, "sac_config.json"))))
-    run = SacRun(config)  # restores the final checkpoint from run_dir
+    config = SacConfig(**json.load(open(os.path.join(run_dir, "config.json"))))
+    run = SacRun(config)
+    run.restore()  # the final checkpoint from run_dir
     observations = np.load(observations_file)
     step = ts.restart(tf.constant(observations), batch_size=len(observations))
     policy = greedy_policy.GreedyPolicy(run.agent.policy)
@@ -120,23 +121,16 @@ def test_sac_policy_export_matches_the_trained_policy(tmp_path, tracking_uri):
     )
     run_id = _only_run_id(tracking_uri, "sac")
     base = tmp_path / "exports"
-    # PolicySaver names its signature `action`; the export makes it serving_default too.
+    # The policy's serving_default: observation [batch, obs_dim] -> action (deterministic).
     assert export_cli.main(["--run-id", run_id, "--model-name", "policy",
-                            "--export-base", str(base), "--signature-name", "action",
-                            "--log-mlflow-model"]) == 0
+                            "--export-base", str(base), "--log-mlflow-model"]) == 0
     export_dir = base / "policy" / "1"
-    inputs_spec, outputs_spec = signature_specs(export_dir)
-    assert signature_specs(export_dir, "action") == (inputs_spec, outputs_spec)
+    inputs_spec, _ = signature_specs(export_dir)
+    assert list(inputs_spec) == ["observation"] and inputs_spec["observation"][1] == (None, 3)
     assert (export_dir / "assets.extra" / "action_space.json").is_file()
 
-    observations = np.random.default_rng(0).normal(
-        size=(4, *inputs_spec["0/observation"][1][1:])).astype(np.float32)
-    inputs = {
-        "0/observation": observations,
-        "0/step_type": np.zeros(4, np.int32),
-        "0/reward": np.zeros(4, np.float32),
-        "0/discount": np.ones(4, np.float32),
-    }
+    observations = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    inputs = {"observation": observations}
     served = predict_standalone(export_dir, inputs)
     np.save(tmp_path / "observations.npy", observations)
     subprocess.run(
@@ -151,4 +145,4 @@ def test_sac_policy_export_matches_the_trained_policy(tmp_path, tracking_uri):
     (logged,) = mlflow.search_logged_models(
         experiment_ids=[sac_experiment.experiment_id], output_format="list")
     servable = mlflow.pyfunc.load_model(logged.model_uri)
-    np.testing.assert_allclose(servable.predict(inputs), served["action"], atol=1e-6)
+    np.testing.assert_allclose(servable.predict(inputs)["action"], served["action"], atol=1e-6)
