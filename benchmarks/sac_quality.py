@@ -1,205 +1,281 @@
-"""SAC benchmark, quality: ERA-SAC against standard SAC (auto-tuned alpha), same pipeline.
+"""SAC benchmark, exploration: ERA-SAC against standard SAC where exploration matters.
 
 Every run is one `python -m pipelines.sac` subprocess (the real pipeline: same envs,
-networks, replay, evaluation with the deterministic policy), runs interleaved as
-seed -> task -> agent, and reports per task and agent the final evaluation return and the
-entropy of the executed (squashed) policy as mean +- standard deviation over seeds, with
-every seed's value, plus learning and entropy curves. Each finished run is appended to
-benchmarks/results/<name>_runs.jsonl, so an interrupted benchmark picks up where it
-stopped. Writes benchmarks/results/<name>.md and <name>_curves.png (name: sac_quality).
+networks, replay, evaluation with the deterministic policy). The settings below were fixed
+before any run of this grid and are the same for every arm of a task:
 
-    nice .venv/bin/python benchmarks/sac_quality.py --steps 10000 --seeds 3
+- MountainCarContinuous-v0 (sparse reward: +100 at the goal, -0.1 a^2 per step), 50k env
+  steps, 10 seeds, 64x64 nets (the size RL Zoo uses for this task), arms:
+  ERA truncated with auto delta; ERA truncated with delta = 0 (the authors' released
+  setting); SAC with alpha_0 = 0.1 and target -dim(A); SAC with alpha_0 = 0.1 and its target
+  at ERA's executed-entropy target (+0.25 nats per dim).
+- HalfCheetah-v5, 50k env steps, 5 seeds, 256x256 nets, arms: ERA truncated; ERA tanh with
+  mean bound 0.75 (its worst case, 0.34 nats per dim, leaves the +0.25 target reachable
+  with a margin); SAC with alpha_0 = 0.1.
+
+Runs are interleaved (task -> seed -> arm), so whatever has finished is balanced across
+arms; each finished run is appended to benchmarks/results/sac_quality.json(l) and the
+table (benchmarks/results/sac_quality.md) is rewritten, plainly marked partial while
+seeds are missing. `--workers 2` runs two at a time.
+
+    nice -n 10 .venv/bin/python benchmarks/sac_quality.py --workers 2
 """
 
+import concurrent.futures
 import json
+import math
 import os
 import pathlib
 import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import common
 import numpy as np
 
-# Agent variants: name -> pipeline options.
-AGENTS = {
-    "era": ["--agent", "era", "--squash", "tanh"],
-    "era-truncated": ["--agent", "era", "--squash", "truncated"],
-    "sac": ["--agent", "sac"],
+RUNS_FILE = common.RESULTS / "sac_quality_runs.jsonl"
+STEPS = 50_000
+# Every run: the paper preset's optimisers (lr 3e-4, critic AdamW 1e-4, gamma 0.99,
+# tau 0.005), batch 256, 1 update per env step, 5k random warm-up steps.
+COMMON = ["--preset", "paper", "--total-env-steps", str(STEPS), "--warmup-steps", "5000",
+          "--updates-per-step", "1", "--batch-size", "256", "--buffer-size", str(STEPS),
+          "--eval-every", "5000", "--eval-episodes", "5", "--log-every", "500",
+          "--checkpoint-every", str(STEPS)]
+SAC_ALPHA_01 = ["--agent", "sac", "--initial-log-alpha", f"{math.log(0.1):.6f}"]
+TASKS = {
+    "MountainCarContinuous-v0": {
+        "seeds": 10,
+        "nets": ["--hidden-sizes", "64", "64"],
+        "arms": {
+            "ERA truncated, auto delta": ["--agent", "era", "--squash", "truncated"],
+            "ERA truncated, delta 0": ["--agent", "era", "--squash", "truncated",
+                                       "--no-auto-delta", "--delta", "0"],
+            "SAC alpha_0 0.1, target -dim(A)": SAC_ALPHA_01 + [
+                "--sac-target-entropy-per-dim", "-1"],
+            "SAC alpha_0 0.1, target = ERA's executed target": SAC_ALPHA_01 + [
+                "--sac-target-entropy-per-dim", "0.25"],
+        },
+    },
+    "HalfCheetah-v5": {
+        "seeds": 5,
+        "nets": ["--hidden-sizes", "256", "256"],
+        "arms": {
+            "ERA truncated, auto delta": ["--agent", "era", "--squash", "truncated"],
+            "ERA tanh, mean bound 0.75": ["--agent", "era", "--squash", "tanh",
+                                          "--mean-bound", "0.75"],
+            "SAC alpha_0 0.1, target -dim(A)": SAC_ALPHA_01 + [
+                "--sac-target-entropy-per-dim", "-1"],
+        },
+    },
 }
-CURVES = ("eval/return", "entropy/executed", "entropy/pre_squash", "delta", "alpha")
+GOAL = {"MountainCarContinuous-v0": 90.0}  # gymnasium's "solved" return for the task
+CURVES = ("eval/return", "train/max_return", "entropy/executed", "entropy/executed_target",
+          "entropy/delta", "entropy/alpha")
+_lock = threading.Lock()
 
 
-def run_one(task, agent, seed, args, workdir):
-    run_dir = pathlib.Path(workdir) / f"{task}-{agent}-{seed}"
-    command = [
-        sys.executable, "-m", "pipelines.sac", "--preset", "paper",
-        "--env", task, *AGENTS[agent], "--seed", str(seed),
-        "--total-env-steps", str(args.steps), "--warmup-steps", str(args.warmup),
-        "--hidden-sizes", *map(str, args.hidden), "--updates-per-step", str(args.updates),
-        "--buffer-size", str(args.steps), "--eval-every", str(args.eval_every),
-        "--eval-episodes", str(args.eval_episodes), "--log-every", "500",
-        "--checkpoint-every", str(args.steps), "--run-dir", str(run_dir),
-    ]
+def command_for(task, arm, seed, run_dir):
+    spec = TASKS[task]
+    return [sys.executable, "-m", "pipelines.sac", *COMMON, "--env", task, *spec["nets"],
+            *spec["arms"][arm], "--seed", str(seed), "--run-dir", str(run_dir)]
+
+
+def run_one(task, arm, seed, workdir):
+    run_dir = pathlib.Path(workdir) / f"{task}-{arm}-{seed}".replace(" ", "_").replace(",", "")
+    command = command_for(task, arm, seed, run_dir)
     # Run in the scratch dir (MuJoCo writes MUJOCO_LOG.TXT into the working directory).
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db",
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow-{seed}-{task}.db",
            "PYTHONPATH": str(common.ROOT)}
     started = time.perf_counter()
     done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{shlex.join(command)} failed:\n{done.stderr[-3000:]}")
-    result = json.loads((run_dir / "result.json").read_text())
+    result = json.loads((run_dir / "finished.json").read_text())
 
     import mlflow
 
     from pipelines.common.metrics import metric_history
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    curves = {name: [list(point) for point in zip(steps, values)]
-              for name, (steps, values) in metric_history(result["run_id"], CURVES).items()
-              if steps}
+    history = metric_history(result["run_id"], list(CURVES))
+    curves = {name: list(zip(*series)) for name, series in history.items() if series[0]}
     return {
-        "task": task, "agent": agent, "seed": seed, "steps": args.steps,
+        "task": task, "arm": arm, "seed": seed, "steps": STEPS,
         "final_return": result["eval/return"],
-        "final_entropy": result["entropy/executed"],
         "seconds": time.perf_counter() - started,
+        "command": shlex.join(command[1:]),
         "curves": curves,
     }
 
 
-def runs_file(args):
-    return common.RESULTS / f"{args.name}_runs.jsonl"
+def first_success(run):
+    """Env step of the first logged point whose best recent training episode reached the
+    goal (MountainCar: any episode return > 0 means the car reached the flag)."""
+    for step, value in run["curves"].get("train/max_return", []):
+        if value > 0:
+            return step
+    return None
 
 
-def load_runs(args):
-    if not runs_file(args).exists():
-        return []
-    runs = [json.loads(line) for line in runs_file(args).read_text().splitlines() if line]
-    return [r for r in runs if r["steps"] == args.steps]
+def late_mean(run, name, share=0.2):
+    """Mean of a logged metric over the last `share` of the run's steps."""
+    points = [(s, v) for s, v in run["curves"].get(name, []) if s >= (1 - share) * run["steps"]]
+    return float(np.mean([v for _, v in points])) if points else float("nan")
 
 
-def summarise(runs, tasks):
+def summary_rows(runs):
     rows = []
-    for task in tasks:
-        for agent in AGENTS:
-            mine = sorted((r for r in runs if r["task"] == task and r["agent"] == agent),
+    for task, spec in TASKS.items():
+        for arm in spec["arms"]:
+            mine = sorted((r for r in runs if r["task"] == task and r["arm"] == arm),
                           key=lambda r: r["seed"])
-            if not mine:
-                continue
-            returns = np.array([r["final_return"] for r in mine])
-            entropies = np.array([r["final_entropy"] for r in mine])
-            rows.append((task, agent, mine, returns, entropies))
+            if mine:
+                rows.append((task, arm, mine))
     return rows
 
 
-def plot(runs, tasks, path):
+def write_results(runs, started_at):
+    lines = [f"Started {started_at} UTC.", ""]
+    missing = []
+    for task, spec in TASKS.items():
+        for arm in spec["arms"]:
+            got = sum(1 for r in runs if r["task"] == task and r["arm"] == arm)
+            if got < spec["seeds"]:
+                missing.append(f"{task} / {arm}: {got} of {spec['seeds']} seeds")
+    if missing:
+        lines += ["**PARTIAL RESULTS.** The grid did not finish; each arm below has only the "
+                  "seeds listed (every finished run has the full 50k env steps):", ""]
+        lines += [f"- {item}" for item in missing] + [""]
+    lines += [
+        "Settings (fixed before any run): 50k env steps per run, 5k uniformly random warm-up "
+        "steps, then 1 update per env step, batch 256, replay 50k, lr 3e-4 (critic AdamW, "
+        "weight decay 1e-4), gamma 0.99, tau 0.005, ELU nets (critic with LayerNorm), "
+        "64x64 on MountainCarContinuous-v0 and 256x256 on HalfCheetah-v5. ERA: H0 = 0.25 nats "
+        "per action dim before squashing; auto delta steers the executed entropy to +0.25 "
+        "nats per dim (Adam on log delta, lr 1e-2). SAC: TF-Agents' SacAgent, alpha auto-tuned "
+        "(lr 3e-4) from alpha_0 = 0.1. Evaluation: the deterministic policy, every 5k steps, "
+        "5 episodes. Everything on a 2-core CPU shared with other jobs (runs niced).",
+        "",
+        "Columns: *solved* = final evaluation's mean return >= 90 (gymnasium's threshold for "
+        "MountainCarContinuous); *reached the goal* = some training episode reached the flag "
+        "(return > 0), with the first env step where the logged best return of the last 10 "
+        "episodes was > 0 (logged every 500 steps); *executed entropy* = the executed "
+        "policy's entropy (nats) averaged over the last 20% of the run, against its target "
+        "(ERA: what delta steers to; SAC: alpha's target).",
+        "",
+        "| task | arm | seeds | final eval return (mean +- sd) | per seed | solved | "
+        "reached the goal (first step per seed) | executed entropy (last 20%) | target |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task, arm, mine in summary_rows(runs):
+        returns = [r["final_return"] for r in mine]
+        goal = GOAL.get(task)
+        solved = f"{sum(r >= goal for r in returns)}/{len(mine)}" if goal else "-"
+        if goal:
+            firsts = [first_success(r) for r in mine]
+            reached = (f"{sum(f is not None for f in firsts)}/{len(mine)} ("
+                       + ", ".join("never" if f is None else f"{f / 1000:.1f}k" for f in firsts)
+                       + ")")
+        else:
+            reached = "-"
+        executed = [late_mean(r, "entropy/executed") for r in mine]
+        target = late_mean(mine[0], "entropy/executed_target")
+        lines.append(
+            f"| {task} | {arm} | {len(mine)} | {common.format_mean_sd(returns, 1)} | "
+            f"{', '.join(f'{v:.0f}' for v in returns)} | {solved} | {reached} | "
+            f"{common.format_mean_sd(executed, 2)} | {target:.2f} |"
+        )
+    minutes = [r["seconds"] / 60 for r in runs]
+    if minutes:
+        lines += ["", f"Wall time per run: {np.median(minutes):.0f} min (median), niced, on "
+                  "the shared CPU."]
+    lines += ["", "Curves: `sac_quality_curves.png` (one line per seed). Every run's command "
+              "and curves: `sac_quality_runs.jsonl`."]
+    plot(runs, common.RESULTS / "sac_quality_curves.png")
+    return common.write_results(
+        "sac_quality", "SAC exploration benchmark: ERA-SAC vs SAC (TF-Agents, this repo's "
+        "pipeline)", ["\n".join(lines)])
+
+
+def plot(runs, path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(tasks), figsize=(5 * len(tasks), 7), squeeze=False)
-    colours = {"era": "tab:red", "era-truncated": "tab:orange", "sac": "tab:blue"}
+    tasks = [t for t in TASKS if any(r["task"] == t for r in runs)]
+    if not tasks:
+        return
+    fig, axes = plt.subplots(2, len(tasks), figsize=(6 * len(tasks), 7), squeeze=False)
+    colours = dict(zip(sorted({a for s in TASKS.values() for a in s["arms"]}),
+                       ["tab:red", "tab:orange", "tab:blue", "tab:green", "tab:purple"]))
     for column, task in enumerate(tasks):
         for row, metric in enumerate(("eval/return", "entropy/executed")):
             ax = axes[row][column]
+            labelled = set()
             for run in (r for r in runs if r["task"] == task):
-                xs, ys = zip(*run["curves"].get(metric, [(0, np.nan)]))
-                label = run["agent"] if run["seed"] == min(
-                    r["seed"] for r in runs if r["task"] == task and r["agent"] == run["agent"]
-                ) else None
-                ax.plot(xs, ys, color=colours[run["agent"]], alpha=0.7, label=label)
+                points = run["curves"].get(metric)
+                if not points:
+                    continue
+                xs, ys = zip(*points)
+                label = run["arm"] if run["arm"] not in labelled else None
+                labelled.add(run["arm"])
+                ax.plot(xs, ys, color=colours[run["arm"]], alpha=0.6, label=label)
             ax.set_title(f"{task}: {metric}")
             ax.set_xlabel("env step")
             ax.grid(alpha=0.3)
-            ax.legend()
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
-def write_table(runs, tasks, args):
-    lines = [
-        f"Scale: {args.steps} env steps per run ({args.warmup} random warm-up), "
-        f"{len(set(r['seed'] for r in runs))} seeds, nets {'x'.join(map(str, args.hidden))} "
-        f"ELU (critic LayerNorm), batch 256, {args.updates} update(s) per env step, "
-        f"evaluation every {args.eval_every} steps over {args.eval_episodes} episodes with the "
-        "deterministic policy. The paper trains 1e6 steps with 512x512 nets and 2 updates per "
-        "step: these runs are ~1% of that.",
-        "",
-        "era: tanh-squashed Gaussian ERA; era-truncated: the authors' normal truncated to "
-        "(-1, 1) around tanh(mu); both H0 = 0.25 nats per action dim, delta auto-tuned "
-        "(Adam, lr 3e-4) towards H0 on the executed policy's entropy. sac: TF-Agents' "
-        "SacAgent, alpha (initially 1) auto-tuned towards -dim(A). Same networks, optimizers, "
-        "replay and seeds.",
-        "",
-        "| task | agent | final eval return (mean +- sd) | per seed "
-        "| executed entropy (nats, mean +- sd) | minutes per run |",
-        "|---|---|---|---|---|---|",
-    ]
-    for task, agent, mine, returns, entropies in summarise(runs, tasks):
-        per_seed = ", ".join(f"{r['final_return']:.0f}" for r in mine)
-        minutes = np.mean([r["seconds"] for r in mine]) / 60
-        (r_mean, r_sd), (h_mean, h_sd) = common.mean_sd(returns), common.mean_sd(entropies)
-        lines.append(f"| {task} | {agent} | {r_mean:.1f} +- {r_sd:.1f} | {per_seed} "
-                     f"| {h_mean:.2f} +- {h_sd:.2f} | {minutes:.1f} |")
-    others = [r for r in runs if r["task"] not in tasks]
-    if others:
-        lines += ["", f"Runs of other tasks in `{runs_file(args).name}` (same settings):", ""]
-        lines += [f"- {r['task']} {r['agent']} seed {r['seed']}: final eval return "
-                  f"{r['final_return']:.1f}, executed entropy {r['final_entropy']:.2f}"
-                  for r in others]
-    lines += ["", f"Curves: `{args.name}_curves.png` (one line per seed).", ""]
-    return "\n".join(lines)
+def load_runs():
+    if not RUNS_FILE.exists():
+        return []
+    runs = [json.loads(line) for line in RUNS_FILE.read_text().splitlines() if line]
+    return [r for r in runs if r.get("steps") == STEPS and "arm" in r]
+
+
+def schedule(tasks):
+    """(task, arm, seed) in the order that keeps partial results balanced."""
+    for task in tasks:
+        for seed in range(TASKS[task]["seeds"]):
+            for arm in TASKS[task]["arms"]:
+                yield task, arm, seed
 
 
 def main():
     parser = common.parser(__doc__)
-    parser.add_argument("--tasks", nargs="+", default=["HalfCheetah-v5", "cheetah-run"])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--report-only", action="store_true",
-                        help="rewrite the table and plot from <name>_runs.jsonl, run nothing")
-    parser.add_argument("--agents", nargs="+", choices=sorted(AGENTS), default=["era", "sac"])
-    parser.add_argument("--steps", type=int, default=10_000)
-    parser.add_argument("--warmup", type=int, default=2_000)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
-    parser.add_argument("--updates", type=int, default=1)
-    parser.add_argument("--eval-every", type=int, default=2_000)
-    parser.add_argument("--eval-episodes", type=int, default=3)
+                        help="rewrite the table and plot from sac_quality_runs.jsonl")
     args = parser.parse_args()
     common.pin(args.cpu)
-    common.RESULTS.mkdir(parents=True, exist_ok=True)
-
-    runs = load_runs(args)
+    started_at = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    runs = load_runs()
     if args.report_only:
-        write_results(runs, args)
+        write_results(runs, started_at)
         return
-    done = {(r["task"], r["agent"], r["seed"]) for r in runs}
-    with tempfile.TemporaryDirectory(prefix="sac_quality_") as workdir:
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
-            for task in args.tasks:
-                for agent in args.agents:
-                    if (task, agent, seed) in done:
-                        continue
-                    run = run_one(task, agent, seed, args, workdir)
-                    runs.append(run)
-                    with runs_file(args).open("a") as handle:
-                        handle.write(json.dumps(run) + "\n")
-                    print(f"{task} {agent} seed {seed}: return {run['final_return']:.1f}, "
-                          f"entropy {run['final_entropy']:.2f}, {run['seconds']:.0f}s", flush=True)
-                    write_results(runs, args)
-    write_results(runs, args)
-
-
-def write_results(runs, args):
-    """Write the table (keeping a hand-written `## Reading` section) and the curves."""
-    common.write_results(args.name, "SAC quality: ERA-SAC vs SAC (TF-Agents, this repo's pipeline)",
-                         [write_table(runs, args.tasks, args)])
-    plot([r for r in runs if r["task"] in args.tasks], args.tasks,
-         common.RESULTS / f"{args.name}_curves.png")
+    done = {(r["task"], r["arm"], r["seed"]) for r in runs}
+    todo = [job for job in schedule(args.tasks) if job not in done]
+    with tempfile.TemporaryDirectory(prefix="sac_quality_") as workdir, \
+            concurrent.futures.ThreadPoolExecutor(args.workers) as pool:
+        futures = {pool.submit(run_one, *job, workdir): job for job in todo}
+        for future in concurrent.futures.as_completed(futures):
+            run = future.result()
+            with _lock:
+                runs.append(run)
+                with RUNS_FILE.open("a") as handle:
+                    handle.write(json.dumps(run) + "\n")
+                print(f"{run['task']} | {run['arm']} | seed {run['seed']}: return "
+                      f"{run['final_return']:.1f}, {run['seconds'] / 60:.1f} min", flush=True)
+                write_results(runs, started_at)
+    write_results(runs, started_at)
 
 
 if __name__ == "__main__":

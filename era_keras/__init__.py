@@ -51,6 +51,7 @@ __all__ = [
     "admissible_range",
     "check_target_entropy",
     "delta_loss",
+    "delta_range",
     "entropy_floor",
     "entropy_range",
     "era_scales",

@@ -50,7 +50,7 @@ def check_target_entropy(target_entropy, action_dim, log_std_min=-8.0, log_std_m
 
 
 def delta_range(action_dim, target_entropy, log_std_max=0.0):
-    """(lowest, highest) useful delta for a floor H0: [0, D * (log sqrt(2 pi e) + log_std_max) - H0].
+    """(lowest, highest) useful delta for a floor H0: [0, D (log sqrt(2 pi e) + log_std_max) - H0].
 
     At the upper end every sigma_i is already sigma_max, so a larger delta changes nothing
     (`gaussian_era_log_std` caps it there); a tuned delta kept inside this range never

@@ -25,12 +25,12 @@ under lr = 1% of itself per update.
 import collections
 import math
 
-import era_keras
 import tensorflow as tf
 from tf_agents.agents import tf_agent
 from tf_agents.agents.sac import sac_agent
 from tf_agents.utils import common, object_identity
 
+import era_keras
 from pipelines.sac import networks
 from pipelines.sac.entropy import executed_target
 

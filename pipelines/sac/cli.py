@@ -6,7 +6,6 @@ import sys
 
 from pipelines.common.cli import add_config_flags, given_config_flags
 from pipelines.common.errors import run_cli
-
 from pipelines.sac.config import AGENTS, PRESETS, SQUASHES, SacConfig, from_preset
 
 

@@ -11,7 +11,6 @@
   which is what ERA's delta is tuned on and what the pipeline reports.
 """
 
-import era_keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 from tf_agents.agents.sac import sac_agent, tanh_normal_projection_network
@@ -19,6 +18,8 @@ from tf_agents.distributions import utils as distribution_utils
 from tf_agents.networks import actor_distribution_network, network
 from tf_agents.networks import utils as network_utils
 from tf_agents.specs import distribution_spec, tensor_spec
+
+import era_keras
 
 tfd = tfp.distributions
 

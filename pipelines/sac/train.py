@@ -16,12 +16,12 @@ import warnings
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.util import deprecation
 from tf_agents.drivers import dynamic_step_driver
 from tf_agents.environments import tf_py_environment
 from tf_agents.eval import metric_utils
 from tf_agents.metrics import tf_metrics
 from tf_agents.policies import greedy_policy, random_tf_policy
-from tensorflow.python.util import deprecation
 from tf_agents.utils import common
 
 from pipelines.common import tracking

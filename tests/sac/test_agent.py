@@ -1,10 +1,10 @@
-import era_keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from tf_agents.specs import tensor_spec
 from tf_agents.trajectories import time_step as ts
 
+import era_keras
 from pipelines.sac import networks
 from pipelines.sac.agent import ERASacAgent, SacAgent, make_agent
 from pipelines.sac.config import SacConfig
@@ -34,7 +34,8 @@ def transitions(agent, batch_size=32, scale=1.0, seed=0):
     return batch._replace(
         time_step=mid,
         next_time_step=ts.transition(observation + 0.1, tf.ones(batch_size), tf.ones(batch_size)),
-        action_step=batch.action_step._replace(action=tf.clip_by_value(batch.action_step.action, -1, 1)),
+        action_step=batch.action_step._replace(
+            action=tf.clip_by_value(batch.action_step.action, -1, 1)),
     )
 
 

@@ -2,12 +2,12 @@
 
 import math
 
-import era_keras
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+import era_keras
 from pipelines.common.config import Problems
 from pipelines.common.errors import ConfigError
 from pipelines.sac import entropy

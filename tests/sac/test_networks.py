@@ -1,9 +1,9 @@
-import era_keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from tf_agents.specs import tensor_spec
 
+import era_keras
 from pipelines.sac import entropy, networks
 
 OBS_SPEC = tensor_spec.TensorSpec((5,), tf.float32)
@@ -83,7 +83,8 @@ def test_critic_outputs_one_q_value_per_state_action():
     critic = networks.CriticNetwork((OBS_SPEC, ACTION_SPEC), (8, 8))
     q, _ = critic((tf.ones((4, 5)), tf.zeros((4, 3))))
     assert q.shape == (4,)
-    assert any(isinstance(layer, tf.keras.layers.LayerNormalization) for layer in critic._hidden_layers)
+    assert any(isinstance(layer, tf.keras.layers.LayerNormalization)
+               for layer in critic._hidden_layers)
 
 
 @pytest.mark.parametrize("squash,mean_bound", [("truncated", 0.0), ("tanh", 0.0), ("tanh", 0.5)])
