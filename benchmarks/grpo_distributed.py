@@ -42,7 +42,10 @@ def make_trainer(form, **overrides):
 
     from pipelines.grpo.config import GRPOConfig
     from pipelines.grpo.distribution import (
-        build_distribution, distribution_scope, parse_distribution)
+        build_distribution,
+        distribution_scope,
+        parse_distribution,
+    )
     from pipelines.grpo.models import backbone_class
     from pipelines.grpo.train import GRPOTrainer, build_causal_lm, load_problems
 
