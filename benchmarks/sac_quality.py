@@ -84,10 +84,12 @@ def command_for(task, arm, seed, run_dir):
 
 
 def run_one(task, arm, seed, workdir):
-    run_dir = pathlib.Path(workdir) / f"{task}-{arm}-{seed}".replace(" ", "_").replace(",", "")
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{task}-{arm}-{seed}")
+    run_dir = pathlib.Path(workdir) / name
     command = command_for(task, arm, seed, run_dir)
     # Run in the scratch dir (MuJoCo writes MUJOCO_LOG.TXT into the working directory).
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow-{seed}-{task}.db",
+    # One store per run: two workers creating one SQLite store at once collide.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{run_dir}.db",
            "PYTHONPATH": str(common.ROOT)}
     started = time.perf_counter()
     done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
@@ -99,8 +101,9 @@ def run_one(task, arm, seed, workdir):
 
     from pipelines.common.metrics import metric_history
 
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    history = metric_history(result["run_id"], list(CURVES))
+    with _lock:  # MLflow's tracking URI is process-wide; the workers are threads
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        history = metric_history(result["run_id"], list(CURVES))
     curves = {name: list(zip(*series)) for name, series in history.items() if series[0]}
     return {
         "task": task, "arm": arm, "seed": seed, "steps": STEPS,
@@ -267,7 +270,11 @@ def main():
             concurrent.futures.ThreadPoolExecutor(args.workers) as pool:
         futures = {pool.submit(run_one, *job, workdir): job for job in todo}
         for future in concurrent.futures.as_completed(futures):
-            run = future.result()
+            try:
+                run = future.result()
+            except RuntimeError as error:  # one failed run must not stop the grid
+                print(f"FAILED {futures[future]}: {error}", flush=True)
+                continue
             with _lock:
                 runs.append(run)
                 with RUNS_FILE.open("a") as handle:
