@@ -7,8 +7,10 @@ in a subprocess with `XLA_FLAGS=--xla_force_host_platform_device_count=4`:
     python tests/grpo/scale_worker.py save OUT.npz model:2x2 CHECKPOINT_DIR
     python tests/grpo/scale_worker.py restore OUT.npz none CHECKPOINT_DIR
 
-`update`: for each distribution, the same tiny Qwen (seed 0) takes one GRPO+ERA update
-on the same rollouts; writes the loss, every weight after it, and where each weight lives.
+`update`: for each distribution, the same tiny Qwen (seed 0) decodes 4 prompts greedily
+(keras-hub's generate, prompts laid out on "batch"), then takes one GRPO+ERA update on
+the same rollouts; writes the tokens, the loss, every weight after the update, and where
+each weight lives.
 `save`: one update, a checkpoint, then a second update; `restore`: the checkpoint restored
 under another distribution, then the same second update. Both write the weights and
 optimizer variables right after the checkpoint and after the second update.
@@ -101,6 +103,8 @@ def main(task, out, *args):
                 trainer = GRPOTrainer(c, causal_lm, [], [], distribution)
                 trainer.prepare_sampling()
                 before = weights(causal_lm)
+                greedy = trainer.generator.generate(["12+3=", "7*8=", "1+1=", "9-4="], "greedy")
+                results[f"{form}/greedy"] = greedy.token_ids
                 batch, advantages = rollout(0, causal_lm.backbone.vocabulary_size)
                 info = trainer.update(batch, advantages)
                 results[f"{form}/loss"] = np.asarray(info.loss)

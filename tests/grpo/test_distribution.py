@@ -87,6 +87,13 @@ def test_one_grpo_update_on_a_mesh_equals_the_single_device_update(one_update, f
                                    atol=WEIGHT_ATOL, rtol=0, err_msg=name)
 
 
+@pytest.mark.parametrize("form", ["data", "model:2x2"])
+def test_rollout_generation_on_a_mesh_decodes_what_one_device_decodes(one_update, form):
+    """Greedy decoding is exact up to argmax ties, which a random-init float32 model does
+    not produce: the same tokens, whatever the layout."""
+    np.testing.assert_array_equal(one_update[f"{form}/greedy"], one_update["none/greedy"])
+
+
 def test_under_model_2x2_the_kernels_are_split_as_the_layout_map_says(one_update):
     """keras-hub's Qwen map: embeddings (model, batch), attention kernels (model, batch,
     -), feed-forward kernels Megatron-style; each device holds a quarter of a kernel
