@@ -17,6 +17,23 @@ def _check_environment():
         )
 
 
+HELP = {
+    "squash": "ERA: 'truncated' normal on (-1, 1) around tanh(mu) (the authors'), or 'tanh'",
+    "target_entropy_per_dim": "ERA's floor H0 / D on the Gaussian before squashing, nats",
+    "executed_target_entropy_per_dim": "what delta steers the executed action's entropy to, "
+    "nats per dim (none: H0 / D); at most log 2 = 0.693 on (-1, 1)",
+    "mean_bound": "tanh only: mu = m tanh(mu_raw / m), so the executed entropy keeps a floor "
+    "(0: unbounded)",
+    "delta": "ERA's initial (or constant) entropy compensation, nats",
+    "auto_delta": "tune delta on the executed entropy",
+    "delta_lr": "Adam's learning rate on log(delta)",
+    "sac_target_entropy_per_dim": "standard SAC: alpha's target entropy per dim",
+    "initial_log_alpha": "standard SAC: log(alpha_0)",
+    "env": "gymnasium id, DMC '<domain>-<task>', or '<module>:<id>'",
+    "run_dir": "claimed once the settings are valid; running again resumes it",
+}
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.sac",
@@ -29,7 +46,8 @@ def build_parser():
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--run-name", default=None, help="MLflow run name")
-    add_config_flags(parser, SacConfig, choices={"agent": AGENTS, "squash": SQUASHES},
+    add_config_flags(parser, SacConfig, help_texts=HELP,
+                     choices={"agent": AGENTS, "squash": SQUASHES},
                      default_label="paper default")
     return parser
 
