@@ -83,22 +83,22 @@ def measure_entropy(args, preset, base):
 
 
 def summarise(history, omega_low, k):
-    train = [r for r in history if "h_resp_p50" in r]
-    evals = [r for r in history if "eval_greedy_accuracy" in r]
+    train = [r for r in history if "entropy/h_resp_p50" in r]
+    evals = [r for r in history if "eval/greedy_accuracy" in r]
     final = evals[-1]
     return {
-        "greedy_accuracy": final["eval_greedy_accuracy"],
-        "mean_accuracy": final["eval_mean_accuracy"],
-        f"pass_at_{k}": final[f"eval_pass_at_{k}"],
-        "distinct_correct": final["eval_distinct_correct"],
-        "h_resp_p50_first10": float(np.mean([r["h_resp_p50"] for r in train[:10]])),
-        "h_resp_p50_last10": float(np.mean([r["h_resp_p50"] for r in train[-10:]])),
-        "h_resp_p10_last10": float(np.mean([r["h_resp_p10"] for r in train[-10:]])),
+        "greedy_accuracy": final["eval/greedy_accuracy"],
+        "mean_accuracy": final["eval/mean_accuracy"],
+        f"pass_at_{k}": final[f"eval/pass_at_{k}"],
+        "distinct_correct": final["eval/distinct_correct"],
+        "h_resp_p50_first10": float(np.mean([r["entropy/h_resp_p50"] for r in train[:10]])),
+        "h_resp_p50_last10": float(np.mean([r["entropy/h_resp_p50"] for r in train[-10:]])),
+        "h_resp_p10_last10": float(np.mean([r["entropy/h_resp_p10"] for r in train[-10:]])),
         "share_below_omega_low_last10": float(np.mean(
-            [r["share_below_omega_low"] for r in train[-10:]])),
-        "train_accuracy_last10": float(np.mean([r["accuracy"] for r in train[-10:]])),
-        "share_scaled_up": float(np.mean([r["share_tokens_scaled_up"] for r in train])),
-        "share_scaled_down": float(np.mean([r["share_tokens_scaled_down"] for r in train])),
+            [r["entropy/share_below_omega_low"] for r in train[-10:]])),
+        "train_accuracy_last10": float(np.mean([r["train/accuracy"] for r in train[-10:]])),
+        "share_scaled_up": float(np.mean([r["entropy/share_tokens_scaled_up"] for r in train])),
+        "share_scaled_down": float(np.mean([r["entropy/share_tokens_scaled_down"] for r in train])),
     }
 
 
@@ -137,10 +137,10 @@ def main():
     summaries = {arm: [summarise(r["history"], omega_low, k) for r in rs]
                  for arm, rs in runs.items()}
     keys = list(summaries["vanilla"][0])
-    warm_row = {"greedy_accuracy": warm_eval["eval_greedy_accuracy"],
-                "mean_accuracy": warm_eval["eval_mean_accuracy"],
-                f"pass_at_{k}": warm_eval[f"eval_pass_at_{k}"],
-                "distinct_correct": warm_eval["eval_distinct_correct"]}
+    warm_row = {"greedy_accuracy": warm_eval["eval/greedy_accuracy"],
+                "mean_accuracy": warm_eval["eval/mean_accuracy"],
+                f"pass_at_{k}": warm_eval[f"eval/pass_at_{k}"],
+                "distinct_correct": warm_eval["eval/distinct_correct"]}
     lines = [
         f"Scale: one warm start of {args.warm_start_steps} supervised steps (batch 64), then "
         f"{args.steps} GRPO steps x {args.prompts_per_step} prompts x group "
@@ -171,11 +171,11 @@ def main():
     lines += ["", "Held-out metrics over training (mean over seeds):", "",
               "| step | GRPO greedy | ERA greedy | GRPO pass@k | ERA pass@k | GRPO distinct | "
               "ERA distinct | GRPO H_p50 | ERA H_p50 |", "|---|---|---|---|---|---|---|---|---|"]
-    eval_steps = [r["step"] for r in runs["vanilla"][0]["history"] if "eval_greedy_accuracy" in r]
+    eval_steps = [r["step"] for r in runs["vanilla"][0]["history"] if "eval/greedy_accuracy" in r]
     for step in eval_steps:
         cells = []
-        for key in ("eval_greedy_accuracy", f"eval_pass_at_{k}", "eval_distinct_correct",
-                    "h_resp_p50"):
+        for key in ("eval/greedy_accuracy", f"eval/pass_at_{k}", "eval/distinct_correct",
+                    "entropy/h_resp_p50"):
             for arm in ("vanilla", "era"):
                 vals = [r[key] for run_ in runs[arm] for r in run_["history"]
                         if r["step"] == step and key in r]
@@ -188,9 +188,10 @@ def main():
          "warm_start": warm_row, "summaries": summaries,
          "curves": {arm: [{"seed": r["seed"], "history": [
              {k_: v for k_, v in row.items() if k_ in (
-                 "step", "reward", "accuracy", "h_resp_p10", "h_resp_p50", "h_resp_p90",
-                 "share_tokens_scaled_up", "eval_greedy_accuracy", f"eval_pass_at_{k}",
-                 "eval_distinct_correct", "eval_mean_accuracy")}
+                 "step", "train/reward", "train/accuracy", "entropy/h_resp_p10", "entropy/h_resp_p50",
+                 "entropy/h_resp_p90",
+                 "entropy/share_tokens_scaled_up", "eval/greedy_accuracy", f"eval/pass_at_{k}",
+                 "eval/distinct_correct", "eval/mean_accuracy")}
              for row in r["history"]]} for r in rs] for arm, rs in runs.items()}},
         indent=1))
     plot(runs, omega_low, k, common.RESULTS / f"{args.name}.png")
@@ -202,10 +203,10 @@ def plot(runs, omega_low, k, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("h_resp_p50", "H_resp median (nats)"), ("accuracy", "train accuracy"),
-              ("eval_greedy_accuracy", "held-out greedy accuracy"),
-              (f"eval_pass_at_{k}", f"held-out pass@{k}"),
-              ("eval_distinct_correct", "distinct correct answers / prompt")]
+    panels = [("entropy/h_resp_p50", "H_resp median (nats)"), ("train/accuracy", "train accuracy"),
+              ("eval/greedy_accuracy", "held-out greedy accuracy"),
+              (f"eval/pass_at_{k}", f"held-out pass@{k}"),
+              ("eval/distinct_correct", "distinct correct answers / prompt")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for ax, (key, title) in zip(axes, panels):
         for arm, color in (("vanilla", "tab:blue"), ("era", "tab:orange")):
@@ -213,7 +214,7 @@ def plot(runs, omega_low, k, path):
                 pts = [(row["step"], row[key]) for row in r["history"] if key in row]
                 ax.plot(*zip(*pts), color=color, alpha=0.7,
                         label=("GRPO" if arm == "vanilla" else "GRPO+ERA") if i == 0 else None)
-        if key == "h_resp_p50":
+        if key == "entropy/h_resp_p50":
             ax.axhline(omega_low, color="k", ls="--", lw=1, label="omega_low")
         ax.set_title(title)
         ax.set_xlabel("GRPO step")

@@ -71,7 +71,7 @@ def main():
     # Thresholds that make ERA fire: omega_low at the measured median H_resp.
     for _ in range(args.warmup_steps):
         metrics = trainers["vanilla"].train_one_step()
-    median_h = metrics["h_resp_p50"]
+    median_h = metrics["entropy/h_resp_p50"]
     trainers["era"].era.omega_low = median_h
     trainers["era"].era.omega_high = 1e9
     for _ in range(args.warmup_steps):
@@ -89,17 +89,17 @@ def main():
         return ratios
     summary = {}
     for arm, metrics in rows.items():
-        tokens = np.array([m["response_length"] * args.prompts_per_step * args.group_size
+        tokens = np.array([m["train/response_length"] * args.prompts_per_step * args.group_size
                            for m in metrics])
-        step = np.array([m["step_seconds"] for m in metrics])
-        update = np.array([m["update_seconds"] for m in metrics])
+        step = np.array([m["perf/step_seconds"] for m in metrics])
+        update = np.array([m["perf/update_seconds"] for m in metrics])
         summary[arm] = {
             "tokens_per_s": float(np.median(tokens / step)),
             "update_tokens_per_s": float(np.median(tokens / update)),
             "step_ms": float(np.median(step) * 1e3),
             "update_ms": float(np.median(update) * 1e3),
             "rollout_ms": float(np.median(step - update) * 1e3),
-            "scaled_up": float(np.mean([m["share_tokens_scaled_up"] for m in metrics])),
+            "scaled_up": float(np.mean([m["entropy/share_tokens_scaled_up"] for m in metrics])),
             "tokens": float(tokens.mean()),
         }
     same = all(abs(a["response_length"] - b["response_length"]) < 1e-9

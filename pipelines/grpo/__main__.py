@@ -4,15 +4,19 @@ The Keras backend is TensorFlow unless KERAS_BACKEND says otherwise (JAX also wo
 """
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 
-from pipelines.common.cli import add_config_flags
+from pipelines.common.cli import add_config_flags, given_config_flags
+from pipelines.common.errors import run_cli
 
 HELP = {
     "model": "keras-hub preset name or preset directory, or tiny:qwen|qwen3|gemma|gemma3 "
              "(random init, tokenizer built offline)",
-    "task": "built-in task (arithmetic: one exact answer; digit_sum: many answers) or a "
+    "task": "built-in task (arithmetic: one exact answer; digit_sum, digit_sum_wide: many "
+            "answers) or a "
             "JSONL file (GSM8K / MATH / DAPO-Math fields)",
     "eval_data": "JSONL file of held-out problems (default: a hash split of --task)",
     "reward": "reward name (math, digit_sum) or package.module:function; default: the task's",
@@ -22,8 +26,8 @@ HELP = {
                  "from the logged H_resp distribution (authors: 0.45 for a ~150k vocabulary)",
     "omega_high": "ERA: responses with H_resp above this (and A > 0) get logits / k",
     "era_top_k": "renormalise ERA log-probs over the top-k logits (authors' scripts: 20)",
-    "scale_advantages": "ERA also rescales advantages (A/k low, kA high); the authors' "
-                        "scripts ship with it off",
+    "scale_advantages": "ERA also rescales advantages (A/k low, kA high); on in the "
+                        "authors' shipped script (adv_scale=True)",
     "kl_coef": "weight of the KL penalty to the initial (post warm start) model",
     "updates_per_rollout": "optimizer steps per batch of rollouts (PPO epochs)",
     "distribution": "none | data | model:BxM (KERAS_BACKEND=jax): data parallel over every "
@@ -42,12 +46,20 @@ HELP = {
 
 
 def _parser():
-    from pipelines.grpo.config import GRPOConfig
+    from pipelines.grpo.config import RECIPES, GRPOConfig
 
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.grpo",
         description="GRPO (+ logit ERA) for keras-hub causal LMs, tracked in MLflow.",
     )
+    parser.add_argument("--recipe", default=None, choices=sorted(RECIPES),
+                        help="start from a preset: era-paper is the ERA authors' shipped "
+                             "script (nothingbutbut/era, ERA-LLM/qwen_7b_era_topk_scale.sh); "
+                             "--config-json and flags given override it")
+    parser.add_argument("--config-json", default=None, metavar="FILE",
+                        help="a JSON object of settings; flags given on the command line win")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resulting settings as JSON and exit")
     add_config_flags(parser, GRPOConfig, HELP)
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
@@ -63,20 +75,30 @@ def _parser():
 def main(argv=None):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = vars(_parser().parse_args(argv))
-    from pipelines.grpo.config import GRPOConfig
+    args = _parser().parse_args(argv)
+    from pipelines.common.config import load_config_json
+    from pipelines.grpo.config import RECIPES, GRPOConfig
+
+    values = dict(RECIPES[args.recipe]) if args.recipe else {}
+    if args.config_json:
+        values.update(load_config_json(args.config_json, GRPOConfig))
+    values.update(given_config_flags(args, GRPOConfig))
+    config = GRPOConfig(**values)
+    if args.print_config:
+        print(json.dumps(dataclasses.asdict(config), indent=2))
+        return 0
+
     from pipelines.grpo.train import run
 
-    options = {k: args.pop(k) for k in ("tracking_uri", "export", "model_name", "no_progress")}
-    try:
-        config = GRPOConfig(**args)
-    except ValueError as error:
-        sys.exit(f"error: {error}")
-    trainer = run(config, tracking_uri=options["tracking_uri"], export=options["export"],
-                  model_name=options["model_name"], progress=not options["no_progress"])
+    trainer = run(config, tracking_uri=args.tracking_uri, export=args.export,
+                  model_name=args.model_name, progress=not args.no_progress)
     last = trainer.history[-1]
-    print({k: round(v, 4) for k, v in last.items() if k.startswith("eval_")})
+    print("held-out:", {k: round(v, 4) for k, v in last.items() if k.startswith("eval/")})
+    print(f"MLflow run id: {trainer.run_id}")
+    for name, path in trainer.export_paths.items():
+        print(f"export ({name}): {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

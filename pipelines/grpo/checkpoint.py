@@ -9,6 +9,9 @@ A checkpoint is a directory `<run_dir>/checkpoints/step-NNNNNNN/` holding
 - `optimizer.npz`: the optimizer's variables (`save_own_variables`);
 - `state.json`: the step and the metric history so far.
 
+With a KL penalty, the frozen reference policy is kept once, in `<run_dir>/reference/`
+(a keras-hub preset), and reloaded on resume (`save_reference`, `load_reference`).
+
 It is written under `step-NNNNNNN.partial/` and renamed into place once complete, so a
 run killed at any moment leaves only whole checkpoints. The newest two are kept: when the
 newest cannot be read (a truncated weights file, an empty `state.json`), `restore`
@@ -29,6 +32,7 @@ from pipelines.common.run_dir import read_json, write_json_atomic
 CHECKPOINTS = "checkpoints"
 LORA_BASE = "lora_base"
 LORA_FILE = "lora.lora.h5"
+REFERENCE = "reference"
 KEEP = 2
 _NAME = re.compile(r"step-(\d+)")
 
@@ -141,3 +145,39 @@ def restore_checkpoint(run_dir):
             f"delete {pathlib.Path(run_dir) / CHECKPOINTS} to start the run over, or give "
             "another --run-dir")
     return None
+
+
+def copy_policy(causal_lm):
+    """A frozen copy of a CausalLM's network (no preprocessor), with the same weights."""
+    backbone = causal_lm.backbone
+    copy = backbone.__class__.from_config(backbone.get_config())
+    # With LoRA on, the copy is the frozen base: every weight but the LoRA pairs.
+    copy.set_weights([w.numpy() for w in backbone.weights if "lora_kernel" not in w.path])
+    return causal_lm.__class__(backbone=copy, preprocessor=None)
+
+
+def save_reference(run_dir, reference):
+    """Keep the KL reference policy in `<run_dir>/reference/` (written whole or not at all)."""
+    target = pathlib.Path(run_dir) / REFERENCE
+    partial = target.with_name(REFERENCE + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    reference.save_to_preset(str(partial))
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+def load_reference(run_dir):
+    """The KL reference policy kept in the run dir, or None when there is none."""
+    import keras_hub
+
+    path = pathlib.Path(run_dir) / REFERENCE
+    if not path.is_dir():
+        return None
+    try:
+        return keras_hub.models.CausalLM.from_preset(str(path))
+    except Exception as error:  # h5py (OSError), JSON (ValueError), keras-hub's own errors
+        raise CorruptCheckpointError(
+            f"the KL reference policy {path} cannot be loaded ({type(error).__name__}: "
+            f"{error}); it cannot be rebuilt from later weights: start the run over with "
+            "another --run-dir") from None

@@ -10,6 +10,8 @@ vocabulary choose them from the measured H_resp distribution (logged every step)
 
 import dataclasses
 
+from pipelines.common.config import Problems
+from pipelines.grpo.loss import LOSS_TYPES, SCALE_REWARDS
 from pipelines.grpo.models import TINY_FAMILIES
 from pipelines.grpo.tasks import BUILTIN_TASKS
 
@@ -51,6 +53,14 @@ class GRPOConfig:
     dual_clip: float | None = 10.0
     kl_coef: float = 0.0
     updates_per_rollout: int = 1
+    # Recipes (TRL / verl names): loss aggregation, advantage scaling, DAPO's extras.
+    loss_type: str = "dapo"
+    scale_rewards: str = "group"
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 3
+    mask_truncated_completions: bool = False
+    overlong_buffer_len: int = 0
+    overlong_penalty_factor: float = 1.0
     # ERA.
     era: bool = True
     era_k: float = 2.0
@@ -79,41 +89,48 @@ class GRPOConfig:
     run_name: str | None = None
 
     def __post_init__(self):
-        problems = []
-        positive = ["tiny_layers", "tiny_hidden_dim", "num_eval_prompts", "steps",
-                    "prompts_per_step", "max_prompt_tokens", "max_new_tokens",
-                    "updates_per_rollout", "eval_every", "eval_samples", "checkpoint_every",
-                    "warm_start_batch_size"]
-        for name in positive:
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.group_size < 2:
-            problems.append(f"group_size must be >= 2 to normalise within a group (got {self.group_size})")
-        if self.warm_start_steps < 0:
-            problems.append(f"warm_start_steps must be >= 0 (got {self.warm_start_steps})")
+        problems = Problems("GRPO settings")
+        for name in ["tiny_layers", "tiny_hidden_dim", "num_eval_prompts", "steps",
+                     "prompts_per_step", "max_prompt_tokens", "max_new_tokens",
+                     "updates_per_rollout", "eval_every", "eval_samples", "checkpoint_every",
+                     "warm_start_batch_size"]:
+            problems.at_least(name, getattr(self, name), 1)
+        problems.check(self.group_size >= 2,
+                       f"group_size must be >= 2 to normalise within a group (got {self.group_size})")
+        problems.at_least("warm_start_steps", self.warm_start_steps, 0)
         for name in ["temperature", "eval_temperature", "learning_rate", "clip_epsilon"]:
-            if not getattr(self, name) > 0:
-                problems.append(f"{name} must be > 0 (got {getattr(self, name)})")
+            problems.check(getattr(self, name) > 0, f"{name} must be > 0 (got {getattr(self, name)})")
         for name in ["top_p", "eval_top_p", "top_fraction"]:
-            if not 0 < getattr(self, name) <= 1:
-                problems.append(f"{name} must be in (0, 1] (got {getattr(self, name)})")
-        if not 0 < self.held_out_fraction < 1:
-            problems.append(f"held_out_fraction must be in (0, 1) (got {self.held_out_fraction})")
-        if self.dual_clip is not None and self.dual_clip <= 1:
-            problems.append(f"dual_clip must be > 1 or None (got {self.dual_clip})")
-        if self.kl_coef < 0:
-            problems.append(f"kl_coef must be >= 0 (got {self.kl_coef})")
-        if self.era_k < 1:
-            problems.append(f"era_k must be >= 1 (got {self.era_k})")
-        if self.omega_low > self.omega_high:
-            problems.append(f"omega_low ({self.omega_low}) must not exceed omega_high ({self.omega_high})")
-        if self.model.startswith("tiny:") and self.model[5:] not in TINY_FAMILIES:
-            problems.append(f"tiny model family must be one of {', '.join(TINY_FAMILIES)} (got {self.model!r})")
-        if self.task not in BUILTIN_TASKS and not self.task.endswith((".jsonl", ".json")):
-            problems.append(f"task must be one of {', '.join(BUILTIN_TASKS)} or a .jsonl file (got {self.task!r})")
-        problems.extend(self._scale_out_problems())
-        if problems:
-            raise ValueError("Invalid GRPO config: " + "; ".join(problems) + ".")
+            problems.in_range(name, getattr(self, name), 0, 1, low_open=True)
+        problems.in_range("held_out_fraction", self.held_out_fraction, 0, 1,
+                          low_open=True, high_open=True)
+        problems.check(self.dual_clip is None or self.dual_clip > 1,
+                       f"dual_clip must be > 1 or none (got {self.dual_clip})")
+        problems.at_least("kl_coef", self.kl_coef, 0)
+        problems.at_least("era_k", self.era_k, 1)
+        problems.check(self.omega_low <= self.omega_high,
+                       f"omega_low ({self.omega_low}) must not exceed omega_high ({self.omega_high})")
+        problems.check(
+            not self.model.startswith("tiny:") or self.model[5:] in TINY_FAMILIES,
+            f"tiny model family must be one of {', '.join(TINY_FAMILIES)} (got {self.model!r})")
+        problems.check(
+            self.task in BUILTIN_TASKS or self.task.endswith((".jsonl", ".json")),
+            f"task must be one of {', '.join(BUILTIN_TASKS)} or a .jsonl file (got {self.task!r})")
+        problems.check(
+            not self.task.endswith((".jsonl", ".json")) or self.warm_start_steps == 0,
+            "warm_start_steps must be 0 for a JSONL task: the supervised warm start needs the "
+            f"worked solutions that only the built-in tasks ({', '.join(BUILTIN_TASKS)}) have")
+        problems.choice("loss_type", self.loss_type, LOSS_TYPES)
+        problems.choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
+        problems.at_least("max_sampling_rounds", self.max_sampling_rounds, 1)
+        problems.in_range("overlong_buffer_len", self.overlong_buffer_len, 0,
+                          self.max_new_tokens)
+        problems.at_least("overlong_penalty_factor", self.overlong_penalty_factor, 0)
+        if self.era_top_k is not None:
+            problems.at_least("era_top_k", self.era_top_k, 1)
+        for problem in self._scale_out_problems():
+            problems.add(problem)
+        problems.raise_if_any()
 
     def _scale_out_problems(self):
         from pipelines.common.errors import UserError
@@ -143,3 +160,24 @@ class GRPOConfig:
     @property
     def batch_size(self):
         return self.prompts_per_step * self.group_size
+
+
+# The ERA authors' shipped script (ERA-LLM/qwen_7b_era_topk_scale.sh in nothingbutbut/era):
+# verl's DAPO recipe with ERA. It sets no model: the authors train Qwen2.5-Math-7B on
+# DAPO-Math-17k (pass --model and --task). Differences that remain: their generation batch
+# is 3x the training batch (768 prompts sampled per round for 256 kept) and the number of
+# rounds is unbounded; here one round samples `prompts_per_step` prompts and at most
+# `max_sampling_rounds` rounds run before the batch is filled with groups without signal.
+RECIPES = {
+    "era-paper": dict(
+        era=True, era_k=2.0, omega_low=0.45, omega_high=3.0, era_top_k=20,
+        scale_advantages=True,
+        group_size=8, prompts_per_step=256, dynamic_sampling=True, max_sampling_rounds=30,
+        loss_type="dapo", scale_rewards="group", updates_per_rollout=1,
+        clip_epsilon=1.0, clip_epsilon_high=1.0, dual_clip=10.0, kl_coef=0.0,
+        learning_rate=1e-6, temperature=1.0, top_p=1.0,
+        max_prompt_tokens=2048, max_new_tokens=8192,
+        overlong_buffer_len=0, mask_truncated_completions=False,
+        eval_temperature=1.0, eval_top_p=0.7, warm_start_steps=0,
+    ),
+}

@@ -1,4 +1,6 @@
-"""Held-out evaluation: greedy accuracy, and mean accuracy / pass@k over k samples.
+"""Held-out evaluation: greedy accuracy, and mean accuracy / pass@k over n samples.
+
+pass@k (k = 1, 2, 4, ... up to n, and n) uses the unbiased estimator from n samples.
 
 For the many-answers task, `distinct_correct` (the number of different correct final
 answers among a prompt's k samples) shows collapse that accuracy alone hides.
@@ -40,10 +42,18 @@ def evaluate(generator, problems, reward_fns, samples, seed):
                 answers.add(extract_answer(text))
         distinct.append(len(answers))
     counts = correct.sum(axis=1)
-    return {
+    metrics = {
         "greedy_accuracy": float(np.mean(greedy_correct)),
         "mean_accuracy": float(correct.mean()),
-        f"pass_at_{samples}": float(np.mean([pass_at_k(samples, c, samples) for c in counts])),
         "distinct_correct": float(np.mean(distinct)),
         "response_length": float(sampled.response_lengths.mean()),
     }
+    for k in pass_at_k_values(samples):
+        metrics[f"pass_at_{k}"] = float(np.mean([pass_at_k(samples, c, k) for c in counts]))
+    return metrics
+
+
+def pass_at_k_values(samples):
+    """1, 2, 4, ... up to `samples`, and `samples` itself."""
+    ks = [2 ** i for i in range(samples.bit_length()) if 2 ** i <= samples]
+    return ks + ([samples] if samples not in ks else [])

@@ -22,6 +22,8 @@ import keras
 import keras_hub
 from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
+from pipelines.common.errors import UserError
+
 TINY_FAMILIES = ("qwen", "qwen3", "gemma", "gemma3")
 
 # Text the SentencePiece models are trained on: every character the built-in tasks use.
@@ -159,13 +161,13 @@ def load_causal_lm(preset, dtype="float32"):
     """
     looks_local = os.sep in preset or preset.startswith(".") or os.path.exists(preset)
     if looks_local and not os.path.isdir(preset):
-        raise FileNotFoundError(
+        raise UserError(
             f"Preset directory {preset!r} does not exist. Pass a keras-hub preset name "
             "(e.g. 'qwen2.5_0.5b_en'), or a directory written by save_to_preset "
             "(with config.json and model.weights.h5)."
         )
     if looks_local and not os.path.exists(os.path.join(preset, "config.json")):
-        raise FileNotFoundError(
+        raise UserError(
             f"{preset!r} is not a keras-hub preset directory: it has no config.json. "
             "Export one with CausalLM.save_to_preset(dir)."
         )
@@ -173,9 +175,9 @@ def load_causal_lm(preset, dtype="float32"):
         return keras_hub.models.CausalLM.from_preset(preset, dtype=dtype)
     except Exception as error:  # keras-hub raises several types for a bad handle
         known = sorted(keras_hub.models.CausalLM.presets)
-        raise ValueError(
+        raise UserError(
             f"Could not load keras-hub CausalLM preset {preset!r} ({type(error).__name__}: "
-            f"{error}). Presets need their weights available (downloaded or cached) or a "
+            f"{' '.join(str(error).split())}). Presets need their weights available (downloaded or cached) or a "
             f"local preset directory. Known preset names include: {', '.join(known[:12])}, ..."
         ) from error
 

@@ -7,10 +7,11 @@ gradient accumulation.
   optimizer step; a run takes `steps x updates_per_rollout` of them.
 - `--grad-accum-steps N`: each update's batch is split into N micro-batches; Keras'
   optimizer (`gradient_accumulation_steps`) averages their gradients and applies them
-  once. The mean of N micro-batch token-means equals the full batch's token-mean when
-  the micro-batches hold equally many response tokens; otherwise it weighs each
-  micro-batch equally (as TRL's and verl's accumulation do). Memory falls with N; the
-  update is otherwise the same.
+  once. With `--loss-type dapo` (the default) each micro-batch divides by the whole
+  batch's token count, so the accumulated update equals the full batch's; `grpo` and
+  `dr_grpo` add up exactly too; `bnpo` divides by each micro-batch's own token count (as
+  TRL's does), which weighs micro-batches equally. Memory falls with N; the update is
+  otherwise the same.
 """
 
 import math

@@ -17,6 +17,10 @@ import fractions
 import importlib
 import re
 
+import numpy as np
+
+from pipelines.common.errors import UserError
+
 CORRECT, INCORRECT = 1.0, -1.0
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
@@ -89,6 +93,20 @@ def digit_sum_reward(completion, reference):
     return CORRECT if ok else INCORRECT
 
 
+def overlong_penalty(lengths, max_new_tokens, buffer_len, factor=1.0):
+    """DAPO's soft overlong punishment, added to the reward of each response.
+
+    0 up to `max_new_tokens - buffer_len` tokens, then falling linearly to `-factor` at
+    `max_new_tokens`: min(-(length - (max_new_tokens - buffer_len)) / buffer_len * factor, 0).
+    `buffer_len` 0 turns it off.
+    """
+    lengths = np.asarray(lengths, dtype=np.float32)
+    if buffer_len == 0:
+        return np.zeros_like(lengths)
+    exceed = lengths - (max_new_tokens - buffer_len)
+    return np.minimum(-exceed / buffer_len * factor, 0.0).astype(np.float32)
+
+
 REWARDS = {"math": math_reward, "digit_sum": digit_sum_reward}
 
 
@@ -107,11 +125,16 @@ def get_reward(name):
         return REWARDS[name]
     if ":" in name:
         module_name, function_name = name.split(":", 1)
-        function = getattr(importlib.import_module(module_name), function_name, None)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise UserError(f"Cannot import the reward module of {name!r} ({error}); is it "
+                            "on PYTHONPATH?") from None
+        function = getattr(module, function_name, None)
         if not callable(function):
-            raise ValueError(f"{name!r} does not name a callable reward function.")
+            raise UserError(f"{name!r} does not name a callable reward function.")
         return function
-    raise ValueError(
+    raise UserError(
         f"Unknown reward {name!r}: use one of {', '.join(REWARDS)} or "
         "'package.module:function' for a callable (completion, reference) -> float."
     )

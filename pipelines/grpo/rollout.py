@@ -10,6 +10,8 @@ import dataclasses
 
 import numpy as np
 
+from pipelines.common.errors import UserError
+
 
 @dataclasses.dataclass
 class Rollout:
@@ -18,10 +20,34 @@ class Rollout:
     padding_mask: np.ndarray   # (batch, time): prompt and response tokens (up to the end token)
     response_mask: np.ndarray  # (batch, time): generated tokens only, end token included
     completions: list          # decoded responses, end token dropped
+    truncated: np.ndarray = None  # (batch,): stopped by max_new_tokens, not an end token
+
+    def __post_init__(self):
+        if self.truncated is None:
+            self.truncated = np.zeros(len(self.token_ids), bool)
 
     @property
     def response_lengths(self):
         return self.response_mask.sum(axis=1)
+
+    def select(self, rows):
+        """The rollout of the given rows, in that order."""
+        rows = list(rows)
+        return Rollout([self.prompts[i] for i in rows], self.token_ids[rows],
+                       self.padding_mask[rows], self.response_mask[rows],
+                       [self.completions[i] for i in rows], self.truncated[rows])
+
+    @staticmethod
+    def concatenate(rollouts):
+        """One rollout holding the rows of several (all padded to the same length)."""
+        return Rollout(
+            [p for r in rollouts for p in r.prompts],
+            np.concatenate([r.token_ids for r in rollouts]),
+            np.concatenate([r.padding_mask for r in rollouts]),
+            np.concatenate([r.response_mask for r in rollouts]),
+            [c for r in rollouts for c in r.completions],
+            np.concatenate([r.truncated for r in rollouts]),
+        )
 
 
 class RolloutGenerator:
@@ -51,7 +77,7 @@ class RolloutGenerator:
         mask = np.asarray(encoded["padding_mask"]).astype(bool)
         too_long = np.flatnonzero(mask[:, -1])
         if too_long.size:
-            raise ValueError(
+            raise UserError(
                 f"Prompt {prompts[too_long[0]]!r} is longer than max_prompt_tokens="
                 f"{self.max_prompt_tokens} tokens; raise --max-prompt-tokens."
             )
@@ -70,12 +96,16 @@ class RolloutGenerator:
         self.causal_lm.generate_function = self._functions[sampler_name]
         return self._functions[sampler_name]
 
-    def generate(self, prompts, sampler_name, seed=None):
-        """Sample one completion per prompt with the named sampler (reseeded by `seed`)."""
+    def generate(self, prompts, sampler_name, seed=None, stream=0):
+        """Sample one completion per prompt with the named sampler (reseeded by `seed`).
+
+        `stream` picks an independent sample stream of the same seed (e.g. a further
+        sampling round of the same step).
+        """
         sampler = self.samplers[sampler_name]
         if seed is not None and getattr(sampler, "seed_generator", None) is not None:
             state = sampler.seed_generator.state
-            state.assign(np.array([seed, 0], dtype=state.dtype))
+            state.assign(np.array([seed, stream], dtype=state.dtype))
         token_ids, prompt_mask = self.encode_prompts(prompts)
         generate = self._generate_function(sampler_name)
         out = generate(
@@ -85,8 +115,9 @@ class RolloutGenerator:
         token_ids = np.asarray(out["token_ids"]).astype("int32")
         padding_mask = np.asarray(out["padding_mask"]).astype(bool)
         response_mask = padding_mask & ~prompt_mask
+        ended = (np.isin(token_ids, self.stop_token_ids) & response_mask).any(axis=1)
         return Rollout(list(prompts), token_ids, padding_mask, response_mask,
-                       self.decode(token_ids, response_mask))
+                       self.decode(token_ids, response_mask), ~ended)
 
     def decode(self, token_ids, response_mask):
         rows = []

@@ -11,6 +11,11 @@ Built-in tasks (no download; answers are exact and checkable):
   "digit_sum"), with 3 or 4 digits. Collapse here shows up as lost answer diversity and
   pass@k. There are only 57 distinct prompts, so held-out prompts are (digits, sum) pairs
   whose sum the model has seen only with the other digit count.
+- "digit_sum_wide": the same with 3, 4 or 5 digits: 99 distinct prompts, so that a
+  held-out fraction of 0.45 leaves 44 distinct held-out prompts.
+
+Held-out problems of a built-in task are distinct prompts (as many as exist, up to the
+number asked for); training problems repeat.
 
 Each task is split into train and held-out prompts by a hash of the prompt, so held-out
 prompts are never trained on.
@@ -27,9 +32,10 @@ import pathlib
 import random
 import zlib
 
+from pipelines.common.errors import UserError
 from pipelines.grpo.rewards import last_boxed
 
-BUILTIN_TASKS = ("arithmetic", "digit_sum")
+BUILTIN_TASKS = ("arithmetic", "digit_sum", "digit_sum_wide")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,13 +86,17 @@ def digit_sum_problem(rng, digit_counts=(3, 4)):
                    ";".join(steps + [answer]))
 
 
-_GENERATORS = {"arithmetic": arithmetic_problem, "digit_sum": digit_sum_problem}
+_GENERATORS = {
+    "arithmetic": arithmetic_problem,
+    "digit_sum": digit_sum_problem,
+    "digit_sum_wide": functools.partial(digit_sum_problem, digit_counts=(3, 4, 5)),
+}
 
 
 def builtin_problems(task, split, count, seed=0, held_out_fraction=0.2):
     """`count` problems of a built-in task from one split ("train" or "test")."""
     if task not in _GENERATORS:
-        raise ValueError(
+        raise UserError(
             f"Unknown built-in task {task!r}; choose one of {', '.join(BUILTIN_TASKS)}, "
             "or pass a JSONL file."
         )
@@ -94,14 +104,20 @@ def builtin_problems(task, split, count, seed=0, held_out_fraction=0.2):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
     rng = random.Random(f"{task}-{split}-{seed}")
     want_held_out = split == "test"
-    problems = []
+    problems, seen = [], set()
     for _ in range(count * 1000):
         problem = _GENERATORS[task](rng)
-        if is_held_out(problem.prompt, held_out_fraction) == want_held_out:
-            problems.append(problem)
-            if len(problems) == count:
-                return problems
-    raise ValueError(f"Could not draw {count} {split} problems of task {task!r}.")
+        if is_held_out(problem.prompt, held_out_fraction) != want_held_out:
+            continue
+        if want_held_out and problem.prompt in seen:  # evaluate on distinct prompts
+            continue
+        seen.add(problem.prompt)
+        problems.append(problem)
+        if len(problems) == count:
+            return problems
+    if want_held_out and problems:  # every distinct held-out prompt there is
+        return problems
+    raise UserError(f"Could not draw {count} {split} problems of task {task!r}.")
 
 
 def _prompt_of(record):
@@ -131,7 +147,7 @@ def load_jsonl(path, reward="math"):
     """Problems from a JSONL file; any malformed line is an error naming file and line."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"JSONL file {str(path)!r} does not exist.")
+        raise UserError(f"JSONL file {str(path)!r} does not exist.")
     problems = []
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
@@ -141,23 +157,23 @@ def load_jsonl(path, reward="math"):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: not valid JSON ({error.msg}).") from None
+                raise UserError(f"{where}: not valid JSON ({error.msg}).") from None
             if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}.")
+                raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}.")
             prompt, reference = _prompt_of(record), _reference_of(record)
             if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(
+                raise UserError(
                     f"{where}: no prompt. Expected a non-empty string in 'prompt', "
                     "'question' or 'problem' (or chat messages with a user turn in 'prompt')."
                 )
             if reference is None or str(reference).strip() == "":
-                raise ValueError(
+                raise UserError(
                     f"{where}: no reference answer. Expected 'answer' (GSM8K: '... #### 42'), "
                     "'reward_model': {'ground_truth': ...}, or a 'solution' with \\boxed{}."
                 )
             problems.append(Problem(prompt, str(reference).strip(), reward))
     if not problems:
-        raise ValueError(f"JSONL file {str(path)!r} holds no problems.")
+        raise UserError(f"JSONL file {str(path)!r} holds no problems.")
     return problems
 
 
@@ -166,7 +182,7 @@ def split_problems(problems, held_out_fraction=0.2):
     train = [p for p in problems if not is_held_out(p.prompt, held_out_fraction)]
     test = [p for p in problems if is_held_out(p.prompt, held_out_fraction)]
     if not train or not test:
-        raise ValueError(
+        raise UserError(
             f"Splitting {len(problems)} problems at held_out_fraction={held_out_fraction} "
             "left one side empty; pass more problems or a separate --eval-data file."
         )

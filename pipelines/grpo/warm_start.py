@@ -8,6 +8,8 @@ the completion tokens only: the prompt positions get sample weight 0.
 import keras
 import numpy as np
 
+from pipelines.common.errors import UserError
+
 
 def warm_start_examples(causal_lm, problems, sequence_length):
     """(x, y, sample_weight): prompt + solution + end token, loss on solution and end token.
@@ -16,6 +18,11 @@ def warm_start_examples(causal_lm, problems, sequence_length):
     CausalLM preprocessor has with the same meaning; their training `call`s differ
     (Gemma3's takes {"prompts", "responses"}).
     """
+    if any(p.solution is None for p in problems):
+        raise UserError(
+            "The warm start needs worked solutions, which only built-in tasks have; "
+            "pass --warm-start-steps 0 for JSONL data."
+        )
     preprocessor = causal_lm.preprocessor
     end_id = preprocessor.tokenizer.end_token_id
 
@@ -28,7 +35,7 @@ def warm_start_examples(causal_lm, problems, sequence_length):
     lengths = mask.sum(axis=1)
     if (lengths >= sequence_length).any():
         longest = problems[int(np.argmax(lengths))]
-        raise ValueError(
+        raise UserError(
             f"The worked solution {longest.solution!r} of prompt {longest.prompt!r} needs "
             f"{int(lengths.max()) + 1} tokens with the prompt and end token, more than "
             f"max_prompt_tokens + max_new_tokens = {sequence_length}; raise --max-new-tokens."
@@ -41,18 +48,12 @@ def warm_start_examples(causal_lm, problems, sequence_length):
     return x, ids[:, 1:], weights
 
 
-def warm_start(causal_lm, problems, batch_size, learning_rate, sequence_length, seed=0,
-               verbose="auto"):
-    """One epoch of Adam on next-token cross-entropy of the problems' solutions.
+def warm_start(causal_lm, examples, batch_size, learning_rate, seed=0, verbose="auto"):
+    """One epoch of Adam on next-token cross-entropy of `warm_start_examples`' output.
 
     The problems are freshly drawn at random, so they need no shuffling.
     """
-    if any(p.solution is None for p in problems):
-        raise ValueError(
-            "The warm start needs worked solutions, which only built-in tasks have; "
-            "pass --warm-start-steps 0 for JSONL data."
-        )
-    x, y, weights = warm_start_examples(causal_lm, problems, sequence_length)
+    x, y, weights = examples
     steps = -(-len(y) // batch_size)
     # Linear warm-up, then cosine decay to 0: a tiny model learning from scratch ends
     # much more accurate than with a constant rate.

@@ -3,7 +3,8 @@ import pytest
 from keras import ops
 
 import era_keras
-from pipelines.grpo.loss import group_advantages, grpo_loss, next_token_targets
+from pipelines.grpo.loss import group_advantages, grpo_loss, next_token_targets, vanilla_era
+from pipelines.grpo.rewards import overlong_penalty
 
 
 def _np(x):
@@ -15,16 +16,26 @@ def _log_softmax(x):
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-def test_group_advantages_normalise_within_each_group():
+def test_group_advantages_use_the_unbiased_group_std():
     rewards = [1, -1, -1, -1, 1, 1, 1, 1]
     adv = group_advantages(rewards, group_size=4)
-    first = np.array([1, -1, -1, -1], "float32")
-    expected = (first - first.mean()) / (first.std() + 1e-6)
-    np.testing.assert_allclose(adv[:4], expected, rtol=1e-5)
+    # Group 1: mean -0.5, centred (1.5, -0.5, -0.5, -0.5); unbiased variance
+    # (2.25 + 3 * 0.25) / 3 = 1, so A = centred / (1 + 1e-6). (The biased std would
+    # give 1.5 / 0.866 = 1.73.)
+    np.testing.assert_allclose(adv[:4], [1.5, -0.5, -0.5, -0.5], rtol=1e-5)
     np.testing.assert_allclose(adv[4:], 0.0)  # all correct: no signal
     assert 0 < adv[0] < 2 and not float(adv[0]).is_integer()  # fractional advantages
     with pytest.raises(ValueError, match="multiple of group_size"):
         group_advantages([1, 1, 1], group_size=2)
+
+
+def test_batch_scaling_divides_by_the_batch_std_and_none_only_centres():
+    rewards = np.array([1, -1, -1, -1, 1, 1, 1, -1], "float32")
+    centred = np.array([1.5, -0.5, -0.5, -0.5, 0.5, 0.5, 0.5, -1.5], "float32")
+    # Eight values +-1 with mean 0: unbiased variance 8 / 7.
+    np.testing.assert_allclose(group_advantages(rewards, 4, scale="batch"),
+                               centred / np.sqrt(8 / 7), rtol=1e-5)
+    np.testing.assert_allclose(group_advantages(rewards, 4, scale="none"), centred)
 
 
 def test_next_token_targets_pairs_position_t_with_token_t_plus_1():
@@ -132,3 +143,96 @@ def test_vanilla_loss_does_not_scale_anything():
     info = grpo_loss(logits, tokens, mask, np.array([0.5, 1.0, -1.0, 0.2], "float32"))
     assert float(_np(info.extra["share_scaled_up"])) == 0.0
     assert float(_np(info.extra["share_scaled_down"])) == 0.0
+
+
+def _two_rows():
+    """Rows of 2 and 4 response tokens with advantages 1 and -0.25, on-policy.
+
+    On-policy the ratio is 1, so each token's loss is -A: -1 (x2) and 0.25 (x4); token sum
+    -2 + 1 = -1.
+    """
+    logits, tokens, _ = _batch(batch=2, time=4)
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], "float32")
+    return logits, tokens, mask, np.array([1.0, -0.25], "float32")
+
+
+@pytest.mark.parametrize("loss_type, extra, expected", [
+    ("grpo", {}, (-1.0 + 0.25) / 2),            # mean over rows of each row's token mean
+    ("bnpo", {}, -1.0 / 6),                     # token sum / this batch's 6 tokens
+    ("dapo", {}, -1.0 / 6),                     # the same with one micro-batch ...
+    ("dapo", {"batch_tokens": 12}, -1.0 / 12),  # ... and the whole batch's count otherwise
+    ("dr_grpo", {"max_response_tokens": 8}, -1.0 / (2 * 8)),  # sum / (rows x max tokens)
+])
+def test_loss_types_normalise_as_trl_defines_them(loss_type, extra, expected):
+    logits, tokens, mask, adv = _two_rows()
+    info = grpo_loss(logits, tokens, mask, adv, loss_type=loss_type, **extra)
+    np.testing.assert_allclose(_np(info.loss), expected, rtol=1e-5)
+
+
+def test_grpo_loss_of_micro_batches_adds_up_to_the_batch_loss():
+    logits, tokens, mask, adv = _two_rows()
+    whole = _np(grpo_loss(logits, tokens, mask, adv, loss_type="grpo").loss)
+    parts = sum(_np(grpo_loss(logits[i:i + 1], tokens[i:i + 1], mask[i:i + 1], adv[i:i + 1],
+                              loss_type="grpo", batch_sequences=2).loss) for i in range(2))
+    np.testing.assert_allclose(parts, whole, rtol=1e-5)
+
+
+def test_vanilla_is_logit_era_with_k_1_sharing_top_k_renormalisation():
+    """The vanilla arm uses the same top-k renormalised log-probs as ERA, and ERA whose
+    thresholds never fire gives the vanilla loss and gradient exactly."""
+    import keras
+
+    logits, tokens, mask = _batch(seed=3)
+    adv = np.array([0.5, 1.0, -1.0, 0.2], "float32")
+    vanilla = vanilla_era(top_k=2)
+    out = vanilla((logits, tokens, adv, mask))
+    np.testing.assert_allclose(_np(out["log_probs"]),
+                               _np(era_keras.token_log_probs(logits, tokens, top_k=2)), rtol=1e-6)
+    assert not np.allclose(_np(out["log_probs"]), _np(era_keras.token_log_probs(logits, tokens)))
+    idle_era = era_keras.LogitERA(k=2.0, omega_low=-1.0, omega_high=1e9, top_k=2)
+
+    def loss_and_grad(era):
+        variable = keras.Variable(logits)
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            with tf.GradientTape() as tape:
+                loss = grpo_loss(variable, tokens, mask, adv, era=era).loss
+            return _np(loss), _np(tape.gradient(loss, variable.value))
+        return _np(grpo_loss(logits, tokens, mask, adv, era=era).loss), None
+
+    (loss_a, grad_a), (loss_b, grad_b) = loss_and_grad(vanilla), loss_and_grad(idle_era)
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+    if grad_a is not None:
+        np.testing.assert_allclose(grad_a, grad_b, rtol=1e-6, atol=1e-8)
+
+
+def test_a_fixed_era_decision_keeps_the_rollout_policys_scales():
+    """With several updates per rollout, ERA decides on the rollout policy's logits; the
+    current logits' entropy must not change the scales or A' used for the update."""
+    time, vocab = 4, 6
+    sharp = np.zeros((1, time, vocab), "float32")
+    sharp[..., 0] = 12.0  # rollout policy: H_resp ~ 0 < omega_low
+    flat = np.zeros((1, time, vocab), "float32")  # current policy: H = ln 6 > omega_low
+    tokens = np.zeros((1, time), "int32")
+    mask = np.ones((1, time), "float32")
+    adv = np.array([0.5], "float32")
+    era = era_keras.LogitERA(k=2.0, omega_low=0.45, omega_high=10.0)
+    decision = era((sharp, tokens, adv, mask))
+    fixed = grpo_loss(flat, tokens, mask, adv, era=era, era_decision=decision)
+    assert float(_np(fixed.extra["share_scaled_up"])) == 1.0
+    np.testing.assert_allclose(_np(fixed.extra["response_entropy"]),
+                               _np(decision["response_entropy"]))
+    # On-policy, loss = -mean(A') = -A / k: the rollout policy's (low-entropy) branch.
+    np.testing.assert_allclose(_np(fixed.loss), -0.25, rtol=1e-5)
+    redecided = grpo_loss(flat, tokens, mask, adv, era=era)
+    assert float(_np(redecided.extra["share_scaled_up"])) == 0.0
+    np.testing.assert_allclose(_np(redecided.loss), -0.5, rtol=1e-5)
+
+
+def test_overlong_penalty_falls_linearly_over_the_buffer():
+    # max 16 tokens, buffer 4: no penalty up to 12 tokens, then -1/4 per token down to -1.
+    lengths = [10, 12, 14, 16]
+    np.testing.assert_allclose(overlong_penalty(lengths, 16, 4, 1.0), [0, 0, -0.5, -1.0])
+    np.testing.assert_allclose(overlong_penalty(lengths, 16, 4, 0.5), [0, 0, -0.25, -0.5])
+    np.testing.assert_allclose(overlong_penalty(lengths, 16, 0, 1.0), 0.0)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from pipelines.common.errors import UserError
 from pipelines.grpo.models import TINY_FAMILIES, load_causal_lm, tiny_causal_lm
 from pipelines.grpo.rollout import RolloutGenerator
 
@@ -50,7 +51,7 @@ def test_rollout_masks_cover_exactly_the_generated_tokens(tiny_lm):
 def test_too_long_prompt_is_refused(tiny_lm):
     _, lm = tiny_lm
     generator = RolloutGenerator(lm, max_prompt_tokens=4, max_new_tokens=4, samplers={})
-    with pytest.raises(ValueError, match="longer than max_prompt_tokens=4"):
+    with pytest.raises(UserError, match="longer than max_prompt_tokens=4"):
         generator.encode_prompts(["1+2+3+4="])
 
 
@@ -63,12 +64,12 @@ def test_preset_round_trip(tmp_path):
 
 
 def test_bad_presets_get_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         load_causal_lm(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(UserError, match="no config.json"):
         load_causal_lm(str(tmp_path / "empty"))
-    with pytest.raises(ValueError, match="Could not load keras-hub CausalLM preset 'no_such_lm'"):
+    with pytest.raises(UserError, match="Could not load keras-hub CausalLM preset 'no_such_lm'"):
         load_causal_lm("no_such_lm")
     with pytest.raises(ValueError, match="Unknown tiny model family"):
         tiny_causal_lm("llama")
@@ -90,5 +91,5 @@ def test_warm_start_examples_weight_exactly_the_solution_and_end_token(tiny_lm):
         assert decoded == problem.solution
         # y is x shifted by one: the model at position t learns token t + 1.
         np.testing.assert_array_equal(x["token_ids"][row, 1:], y[row, :-1])
-    with pytest.raises(ValueError, match="raise --max-new-tokens"):
+    with pytest.raises(UserError, match="raise --max-new-tokens"):
         warm_start_examples(lm, problems, sequence_length=12)

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from pipelines.common.errors import UserError
 from pipelines.grpo.rewards import (
     digit_sum_reward, extract_answer, get_reward, math_reward, parse_number,
 )
@@ -53,7 +54,7 @@ def test_digit_sum_reward(completion, reward):
 def test_get_reward_by_name_and_import_path_and_error():
     assert get_reward("math") is math_reward
     assert get_reward("pipelines.grpo.rewards:digit_sum_reward") is digit_sum_reward
-    with pytest.raises(ValueError, match="Unknown reward 'nope'.*math"):
+    with pytest.raises(UserError, match="Unknown reward 'nope'.*math"):
         get_reward("nope")
 
 
@@ -65,6 +66,15 @@ def test_builtin_solutions_earn_the_reward_and_splits_are_disjoint(task):
     for problem in train[:50] + test:
         assert get_reward(problem.reward)(problem.solution, problem.reference) == 1.0
         assert len(problem.solution) >= 10  # responses of 10+ tokens (char-level)
+
+
+def test_held_out_prompts_are_distinct_and_the_wide_task_has_44_of_them():
+    test = builtin_problems("digit_sum_wide", "test", 100, seed=0, held_out_fraction=0.45)
+    prompts = [p.prompt for p in test]
+    assert len(prompts) == len(set(prompts)) == 44  # every held-out (digits, sum) pair
+    assert len(builtin_problems("arithmetic", "test", 50, seed=0)) == 50
+    train = builtin_problems("digit_sum_wide", "train", 500, seed=0, held_out_fraction=0.45)
+    assert {p.prompt for p in train}.isdisjoint(prompts)
 
 
 def test_digit_sum_has_many_answers():
@@ -99,14 +109,14 @@ def test_load_jsonl_reads_gsm8k_math_and_dapo_styles(tmp_path):
 ])
 def test_malformed_jsonl_gets_a_clear_error(tmp_path, line, message):
     path = _write(tmp_path / "bad.jsonl", ['{"question": "ok?", "answer": "1"}', line])
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         load_jsonl(path)
 
 
 def test_missing_or_empty_jsonl(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         load_jsonl(tmp_path / "absent.jsonl")
-    with pytest.raises(ValueError, match="holds no problems"):
+    with pytest.raises(UserError, match="holds no problems"):
         load_jsonl(_write(tmp_path / "empty.jsonl", [""]))
 
 
@@ -114,5 +124,5 @@ def test_split_problems_needs_both_sides():
     problems = builtin_problems("arithmetic", "train", 50) + builtin_problems("arithmetic", "test", 10)
     train, test = split_problems(problems)
     assert len(train) == 50 and len(test) == 10
-    with pytest.raises(ValueError, match="left one side empty"):
+    with pytest.raises(UserError, match="left one side empty"):
         split_problems(problems[:3])
