@@ -188,7 +188,8 @@ def main():
          "warm_start": warm_row, "summaries": summaries,
          "curves": {arm: [{"seed": r["seed"], "history": [
              {k_: v for k_, v in row.items() if k_ in (
-                 "step", "train/reward", "train/accuracy", "entropy/h_resp_p10", "entropy/h_resp_p50",
+                 "step", "train/reward", "train/accuracy", "entropy/h_resp_p10",
+                 "entropy/h_resp_p50",
                  "entropy/h_resp_p90",
                  "entropy/share_tokens_scaled_up", "eval/greedy_accuracy", f"eval/pass_at_{k}",
                  "eval/distinct_correct", "eval/mean_accuracy")}

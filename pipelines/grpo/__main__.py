@@ -1,4 +1,4 @@
-"""Command line: `python -m pipelines.grpo [--option value ...]`; every GRPOConfig field is an option.
+"""Command line: `python -m pipelines.grpo [--option value ...]`; a flag per GRPOConfig field.
 
 The Keras backend is TensorFlow unless KERAS_BACKEND says otherwise (JAX also works).
 """
@@ -65,7 +65,8 @@ def _parser():
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
                              "sqlite:///mlflow.db)")
     parser.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
-                        help="export a keras-hub preset, a scoring and a generate SavedModel at the end")
+                        help="export a keras-hub preset, a scoring and a generate SavedModel "
+                             "at the end")
     parser.add_argument("--model-name", default="grpo_policy",
                         help="model name in the TF Serving layout")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

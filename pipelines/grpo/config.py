@@ -2,8 +2,9 @@
 
 Defaults give a run that finishes in a minute or two on a CPU: a tiny random-init Qwen
 model, a short supervised warm start, then GRPO on the built-in many-answers task. The
-authors' settings (arXiv 2510.08549, nothingbutbut/era) are k = 2, omega_low = 0.45, omega_high = 3.0, group
-size 8, temperature 1.0, clip epsilon 1.0 with dual clip 10, no KL, lr 1e-6 on a 7B model.
+authors' settings (arXiv 2510.08549, nothingbutbut/era) are k = 2, omega_low = 0.45,
+omega_high = 3.0, group size 8, temperature 1.0, clip epsilon 1.0 with dual clip 10, no
+KL, lr 1e-6 on a 7B model (`--recipe era-paper` sets their shipped script's values).
 Their thresholds are absolute entropies set for a ~150k-token vocabulary; with a tiny
 vocabulary choose them from the measured H_resp distribution (logged every step).
 """
@@ -96,10 +97,12 @@ class GRPOConfig:
                      "warm_start_batch_size"]:
             problems.at_least(name, getattr(self, name), 1)
         problems.check(self.group_size >= 2,
-                       f"group_size must be >= 2 to normalise within a group (got {self.group_size})")
+                       "group_size must be >= 2 to normalise within a group "
+                       f"(got {self.group_size})")
         problems.at_least("warm_start_steps", self.warm_start_steps, 0)
         for name in ["temperature", "eval_temperature", "learning_rate", "clip_epsilon"]:
-            problems.check(getattr(self, name) > 0, f"{name} must be > 0 (got {getattr(self, name)})")
+            value = getattr(self, name)
+            problems.check(value > 0, f"{name} must be > 0 (got {value})")
         for name in ["top_p", "eval_top_p", "top_fraction"]:
             problems.in_range(name, getattr(self, name), 0, 1, low_open=True)
         problems.in_range("held_out_fraction", self.held_out_fraction, 0, 1,
@@ -109,7 +112,8 @@ class GRPOConfig:
         problems.at_least("kl_coef", self.kl_coef, 0)
         problems.at_least("era_k", self.era_k, 1)
         problems.check(self.omega_low <= self.omega_high,
-                       f"omega_low ({self.omega_low}) must not exceed omega_high ({self.omega_high})")
+                       f"omega_low ({self.omega_low}) must not exceed omega_high "
+                       f"({self.omega_high})")
         problems.check(
             not self.model.startswith("tiny:") or self.model[5:] in TINY_FAMILIES,
             f"tiny model family must be one of {', '.join(TINY_FAMILIES)} (got {self.model!r})")

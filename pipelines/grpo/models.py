@@ -177,7 +177,8 @@ def load_causal_lm(preset, dtype="float32"):
         known = sorted(keras_hub.models.CausalLM.presets)
         raise UserError(
             f"Could not load keras-hub CausalLM preset {preset!r} ({type(error).__name__}: "
-            f"{' '.join(str(error).split())}). Presets need their weights available (downloaded or cached) or a "
+            f"{' '.join(str(error).split())}). Presets need their weights available "
+            "(downloaded or cached) or a "
             f"local preset directory. Known preset names include: {', '.join(known[:12])}, ..."
         ) from error
 

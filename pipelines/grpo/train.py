@@ -185,7 +185,8 @@ class GRPOTrainer:
     def sample_groups(self, step, sampling_round=1):
         """(rollout, task rewards) of `prompts_per_step` groups of `group_size` samples."""
         c = self.config
-        grouped = [p for p in self.sample_prompts(step, sampling_round) for _ in range(c.group_size)]
+        problems = self.sample_prompts(step, sampling_round)
+        grouped = [p for p in problems for _ in range(c.group_size)]
         rollout = self.generator.generate([p.prompt for p in grouped], "train",
                                           seed=c.seed * 1_000_003 + step,
                                           stream=sampling_round - 1)

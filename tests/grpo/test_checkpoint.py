@@ -1,12 +1,17 @@
-"""GRPO checkpoints: kept two deep, a damaged newest one falls back, none usable is one clear error."""
+"""GRPO checkpoints: kept two deep, a damaged newest one falls back, none usable is one
+clear error."""
 
 import keras
 import numpy as np
 import pytest
 
 from pipelines.common.errors import CorruptCheckpointError
-from pipelines.grpo.checkpoint import (checkpoints, latest_checkpoint, restore_checkpoint,
-                                       save_checkpoint)
+from pipelines.grpo.checkpoint import (
+    checkpoints,
+    latest_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from pipelines.grpo.models import tiny_causal_lm
 
 

@@ -4,8 +4,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from pipelines.common.errors import run_cli
 from pipelines.grpo.__main__ import main
 

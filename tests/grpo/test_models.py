@@ -1,11 +1,10 @@
+import keras_hub
 import numpy as np
 import pytest
 
 from pipelines.common.errors import UserError
 from pipelines.grpo.models import TINY_FAMILIES, load_causal_lm, tiny_causal_lm
 from pipelines.grpo.rollout import RolloutGenerator
-
-import keras_hub
 
 
 @pytest.fixture(scope="module", params=TINY_FAMILIES)

@@ -14,14 +14,15 @@ import pytest
 
 import era_keras
 from pipelines.common.errors import ConfigError, UserError
-from pipelines.grpo.config import GRPOConfig
 from pipelines.grpo import rewards
-from pipelines.grpo.models import load_causal_lm
 from pipelines.grpo.checkpoint import latest_checkpoint
+from pipelines.grpo.config import GRPOConfig
+from pipelines.grpo.models import load_causal_lm
 from pipelines.grpo.train import run
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-TINY = dict(model="tiny:qwen", task="arithmetic", tiny_layers=1, tiny_hidden_dim=32, warm_start_steps=3,
+TINY = dict(model="tiny:qwen", task="arithmetic", tiny_layers=1, tiny_hidden_dim=32,
+            warm_start_steps=3,
             warm_start_batch_size=8, prompts_per_step=2, group_size=4, num_eval_prompts=4,
             eval_samples=2, max_new_tokens=12, eval_every=2, checkpoint_every=2)
 STEP_METRICS = ["train/reward", "train/accuracy", "train/response_length",

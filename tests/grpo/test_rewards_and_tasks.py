@@ -4,10 +4,18 @@ import pytest
 
 from pipelines.common.errors import UserError
 from pipelines.grpo.rewards import (
-    digit_sum_reward, extract_answer, get_reward, math_reward, parse_number,
+    digit_sum_reward,
+    extract_answer,
+    get_reward,
+    math_reward,
+    parse_number,
 )
 from pipelines.grpo.tasks import (
-    BUILTIN_TASKS, builtin_problems, digit_sum_answers, load_jsonl, split_problems,
+    BUILTIN_TASKS,
+    builtin_problems,
+    digit_sum_answers,
+    load_jsonl,
+    split_problems,
 )
 
 
@@ -121,7 +129,8 @@ def test_missing_or_empty_jsonl(tmp_path):
 
 
 def test_split_problems_needs_both_sides():
-    problems = builtin_problems("arithmetic", "train", 50) + builtin_problems("arithmetic", "test", 10)
+    problems = (builtin_problems("arithmetic", "train", 50)
+                + builtin_problems("arithmetic", "test", 10))
     train, test = split_problems(problems)
     assert len(train) == 50 and len(test) == 10
     with pytest.raises(UserError, match="left one side empty"):
