@@ -410,8 +410,9 @@ class GRPOTrainer:
         }, "plots/reward.png", title="Reward and accuracy")
 
 
-# Fields a resumed run may change: how long it trains and how often it checkpoints.
-MAY_CHANGE = ("steps", "checkpoint_every")
+# Fields a resumed run may change: how long it trains, how often it checkpoints, and the
+# devices it runs on (checkpoints restore on any mesh).
+MAY_CHANGE = ("steps", "checkpoint_every", "distribution")
 
 
 def default_run_name(config):
@@ -443,9 +444,9 @@ def _run(config, spec, distribution, tracking_uri, export, model_name, progress)
     """The run itself (see `run`).
 
     The run dir is claimed only once the task, the model and the lengths have been checked,
-    so a typo never blocks it; a resumed run must have the same settings (but `steps` and
-    `checkpoint_every`). Metrics of steps that MLflow already holds (steps after the last
-    checkpoint, trained again after a kill) are not logged twice.
+    so a typo never blocks it; a resumed run must have the same settings (but `steps`,
+    `checkpoint_every` and `distribution`). Metrics of steps that MLflow already holds
+    (steps after the last checkpoint, trained again after a kill) are not logged twice.
     """
     import mlflow
     from tqdm.auto import tqdm
