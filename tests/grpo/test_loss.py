@@ -177,6 +177,20 @@ def test_grpo_loss_of_micro_batches_adds_up_to_the_batch_loss():
     np.testing.assert_allclose(parts, whole, rtol=1e-5)
 
 
+def test_dapo_micro_batches_averaged_as_keras_accumulates_give_the_batch_loss():
+    """Rows of unequal length (2 and 4 tokens): each micro-batch divides by the whole
+    batch's 6 tokens / 2 micro-batches, so the mean of the two losses is the batch's."""
+    logits, tokens, mask, adv = _two_rows()
+    whole = _np(grpo_loss(logits, tokens, mask, adv, loss_type="dapo").loss)
+    parts = [_np(grpo_loss(logits[i:i + 1], tokens[i:i + 1], mask[i:i + 1], adv[i:i + 1],
+                           loss_type="dapo", batch_tokens=6 / 2).loss) for i in range(2)]
+    np.testing.assert_allclose(np.mean(parts), whole, rtol=1e-5)
+    # Each micro-batch's own token mean (bnpo) would weigh the rows' means equally instead.
+    bnpo = [_np(grpo_loss(logits[i:i + 1], tokens[i:i + 1], mask[i:i + 1], adv[i:i + 1],
+                          loss_type="bnpo").loss) for i in range(2)]
+    assert abs(np.mean(bnpo) - whole) > 0.1
+
+
 def test_vanilla_is_logit_era_with_k_1_sharing_top_k_renormalisation():
     """The vanilla arm uses the same top-k renormalised log-probs as ERA, and ERA whose
     thresholds never fire gives the vanilla loss and gradient exactly."""
