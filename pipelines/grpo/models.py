@@ -190,7 +190,11 @@ def backbone_class(model):
         return getattr(keras_hub.models, lm_name).backbone_cls
     from keras_hub.src.utils.preset_utils import get_preset_loader
 
-    return get_preset_loader(model).check_backbone_class()
+    try:
+        return get_preset_loader(model).check_backbone_class()
+    except Exception as error:  # a missing or unreadable preset: the same error as loading it
+        load_causal_lm(model)
+        raise UserError(f"cannot read the backbone class of preset {model!r} ({error})") from None
 
 
 def lora_enabled(causal_lm):

@@ -201,3 +201,24 @@ def test_cli_trains_on_a_2x2_mesh_with_lora_resumes_data_parallel_and_exports_se
                              {"token_ids": np.array([[16, 17, 10, 18, 28]], np.int32),
                               "lengths": np.array([5], np.int32)})
     assert out["output_ids"].shape == (1, 64) and 0 <= int(out["output_lengths"][0]) <= 64
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend, form, message", [
+    ("jax", "model:3x2", "a 3x2 mesh needs 6 devices, and this process sees 4"),
+    ("tensorflow", "data", "needs the JAX backend"),
+    ("jax", "model:2", "is not a known form; use none, data, or model:BxM"),
+])
+def test_cli_refuses_a_layout_it_cannot_run_in_one_line_with_exit_code_2(
+        tmp_path, backend, form, message):
+    env = {**os.environ, "KERAS_BACKEND": backend,
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.grpo", "--distribution", form, "--run-dir",
+         str(tmp_path / "run"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "config.json").exists()  # the run dir was not claimed
