@@ -66,6 +66,24 @@ def test_get_reward_by_name_and_import_path_and_error():
         get_reward("nope")
 
 
+def test_register_reward_makes_a_reward_available_by_name():
+    from pipelines.grpo import rewards
+
+    def shout(completion, reference):
+        return 1.0 if completion.isupper() else -1.0
+
+    rewards.register_reward("shout", shout)
+    try:
+        assert get_reward("shout") is shout
+        assert get_reward("shout")("ABC", "") == 1.0
+    finally:
+        rewards.REWARDS.pop("shout")
+    with pytest.raises(UserError, match="Unknown reward 'shout'"):
+        get_reward("shout")
+    with pytest.raises(TypeError, match="must be callable"):
+        rewards.register_reward("bad", 42)
+
+
 @pytest.mark.parametrize("task", BUILTIN_TASKS)
 def test_builtin_solutions_earn_the_reward_and_splits_are_disjoint(task):
     train = builtin_problems(task, "train", 200, seed=3)
