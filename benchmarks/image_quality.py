@@ -50,10 +50,9 @@ def run_one(base, overrides, seed):
 
     keras.backend.clear_session()
     config = dataclasses.replace(base, seed=seed, **overrides)
-    config.validate()
-    head = config.head_config()
     inputs = training.prepare_inputs(config)
-    head.validate(inputs.info.num_classes)
+    config.check(inputs.info)
+    head = config.head_config()
     keras.utils.set_random_seed(seed)
     model, _ = training.compiled_model(config, inputs)
     start = time.perf_counter()
@@ -82,13 +81,13 @@ def table(records, labels, seeds):
         if not rows:
             continue
         lines.append(
-            f"| {label} | {len(rows)} | {fmt(values(rows, 'test/top1'), 100)} "
-            f"| {fmt(values(rows, 'test/nll'), 1, 3)} | {fmt(values(rows, 'test/ece'), 100)} "
-            f"| {fmt(values(rows, 'test/ece_calibrated'), 100)} "
-            f"| {fmt(values(rows, 'test/nll_calibrated'), 1, 3)} |"
+            f"| {label} | {len(rows)} | {fmt(values(rows, 'eval/test_top1'), 100)} "
+            f"| {fmt(values(rows, 'eval/test_nll'), 1, 3)} | {fmt(values(rows, 'eval/test_ece'), 100)} "
+            f"| {fmt(values(rows, 'eval/test_ece_calibrated'), 100)} "
+            f"| {fmt(values(rows, 'eval/test_nll_calibrated'), 1, 3)} |"
         )
     era = [label for label in labels
-           if by_label[label] and "test/ece_era_off" in by_label[label][0]["metrics"]]
+           if by_label[label] and "eval/test_ece_era_off" in by_label[label][0]["metrics"]]
     lines += [
         "",
         "ERA models with the floor on and off at inference (same weights; argmax, hence "
@@ -101,20 +100,20 @@ def table(records, labels, seeds):
     for label in era:
         rows = by_label[label]
         lines.append(
-            f"| {label} | {fmt(values(rows, 'test/nll_era_on'), 1, 3)} "
-            f"| {fmt(values(rows, 'test/nll_era_off'), 1, 3)} "
-            f"| {fmt(values(rows, 'test/ece_era_on'), 100)} "
-            f"| {fmt(values(rows, 'test/ece_era_off'), 100)} "
-            f"| {fmt(values(rows, 'test/ece_era_off_calibrated'), 100)} "
-            f"| {fmt(values(rows, 'test/entropy_mean_era_on'), 1, 3)} "
-            f"| {fmt(values(rows, 'test/entropy_mean_era_off'), 1, 3)} |"
+            f"| {label} | {fmt(values(rows, 'eval/test_nll_era_on'), 1, 3)} "
+            f"| {fmt(values(rows, 'eval/test_nll_era_off'), 1, 3)} "
+            f"| {fmt(values(rows, 'eval/test_ece_era_on'), 100)} "
+            f"| {fmt(values(rows, 'eval/test_ece_era_off'), 100)} "
+            f"| {fmt(values(rows, 'eval/test_ece_era_off_calibrated'), 100)} "
+            f"| {fmt(values(rows, 'entropy/test_mean_era_on'), 1, 3)} "
+            f"| {fmt(values(rows, 'entropy/test_mean_era_off'), 1, 3)} |"
         )
     return "\n".join(lines)
 
 
 def paired_differences(records, labels, reference):
     """Per-seed top-1 difference of each setting to `reference` (same seed, same data order)."""
-    ref = {r["seed"]: r["metrics"]["test/top1"] for r in records if r["setting"] == reference}
+    ref = {r["seed"]: r["metrics"]["eval/test_top1"] for r in records if r["setting"] == reference}
     lines = [
         f"Paired top-1 difference to {reference} (points, same seed):",
         "",
@@ -123,7 +122,7 @@ def paired_differences(records, labels, reference):
     ]
     for label in labels:
         pairs = [
-            (r["seed"], 100 * (r["metrics"]["test/top1"] - ref[r["seed"]]))
+            (r["seed"], 100 * (r["metrics"]["eval/test_top1"] - ref[r["seed"]]))
             for r in records
             if r["setting"] == label and r["seed"] in ref
         ]
@@ -158,12 +157,12 @@ def verdict(records, labels, references=("softmax (baseline)", "label smoothing 
     ]
     winners = {}
     for reference in references:
-        ref = {r["seed"]: r["metrics"]["test/top1"] for r in records if r["setting"] == reference}
+        ref = {r["seed"]: r["metrics"]["eval/test_top1"] for r in records if r["setting"] == reference}
         for label in labels:
             if not label.startswith("ERA"):
                 continue
             diffs = np.array(
-                [100 * (r["metrics"]["test/top1"] - ref[r["seed"]])
+                [100 * (r["metrics"]["eval/test_top1"] - ref[r["seed"]])
                  for r in records if r["setting"] == label and r["seed"] in ref]
             )
             if len(diffs) < 2:
@@ -234,8 +233,8 @@ def main():
             with records_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             print(
-                f"seed {seed} {label}: top1 {metrics['test/top1']:.4f} "
-                f"nll {metrics['test/nll']:.4f} ece {metrics['test/ece']:.4f} "
+                f"seed {seed} {label}: top1 {metrics['eval/test_top1']:.4f} "
+                f"nll {metrics['eval/test_nll']:.4f} ece {metrics['eval/test_ece']:.4f} "
                 f"({metrics['train_seconds']:.0f}s)",
                 flush=True,
             )

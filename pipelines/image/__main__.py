@@ -1,16 +1,22 @@
 """CLI: `python -m pipelines.image [--flags]`, one flag per ImageConfig field.
 
 Settings come from, in order: ImageConfig's defaults (the embedded default run), then
-`--config-json FILE`, then the flags given on the command line.
+`--recipe NAME` (the authors' ResNet-50 settings, see `pipelines.image.recipes`), then
+`--config-json FILE`, then the flags given on the command line. A user error (a bad
+value, an unknown dataset or recipe, a corrupt checkpoint) ends with one `error:` line
+and exit status 2.
 """
 
 import argparse
 import json
 import sys
 
-from pipelines.common.cli import add_config_flags
+from pipelines.common.cli import add_config_flags, given_config_flags
+from pipelines.common.config import load_config_json
+from pipelines.common.errors import run_cli
 from pipelines.image.config import MIXED_PRECISION, OPTIMIZERS, STRATEGIES, ImageConfig
 from pipelines.image.heads import HEADS
+from pipelines.image.recipes import RECIPES, recipe
 
 HELP = {
     "dataset": "TFDS name (cifar10, cifar100, imagenet2012, mnist, ...) or an offline one: mnist5k, sklearn_digits",
@@ -51,6 +57,11 @@ def build_parser():
         description="Train an image classifier (optionally with an ERA head) on a TFDS "
         "dataset, track it in MLflow and export it for TF Serving.",
     )
+    parser.add_argument(
+        "--recipe",
+        help=f"start from a named recipe: {', '.join(sorted(RECIPES))} (the authors' "
+        "ResNet-50 commands; see docs/image.md)",
+    )
     parser.add_argument("--config-json", help="JSON file of ImageConfig fields")
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved config and exit"
@@ -60,31 +71,26 @@ def build_parser():
 
 
 def config_from_args(argv=None):
-    args = vars(build_parser().parse_args(argv))
-    config_json = args.pop("config_json")
-    print_config = args.pop("print_config")
-    values = {}
-    if config_json:
-        values.update(json.loads(open(config_json).read()))
-    values.update(args)
-    return ImageConfig.from_dict(values).validate(), print_config
+    """(ImageConfig, print_config) from a command line; nothing is checked yet but types."""
+    args = build_parser().parse_args(argv)
+    values = recipe(args.recipe) if args.recipe else {}
+    if args.config_json:
+        values.update(load_config_json(args.config_json, ImageConfig))
+    values.update(given_config_flags(args, ImageConfig))
+    return ImageConfig.from_dict(values), args.print_config
 
 
 def main(argv=None):
-    try:
-        config, print_config = config_from_args(argv)
-        if print_config:
-            print(config.to_json())
-            return 0
-        from pipelines.image.training import train
+    config, print_config = config_from_args(argv)
+    if print_config:
+        print(config.to_json())
+        return 0
+    from pipelines.image.training import train
 
-        summary = train(config)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    summary = train(config)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -56,23 +56,37 @@ def cifar_resnet(input_shape, blocks_per_stage, width, name):
     return keras.Model(inputs, features, name=name)
 
 
+def backbone_problems(name, input_shape=None, width=None):
+    """What is wrong with backbone `name` for images of `input_shape` (a list of messages)."""
+    if name == "resnet50":
+        problems = []
+        if width is not None:
+            problems.append("width applies to the CIFAR-style ResNets, not resnet50 (use --width none)")
+        if input_shape is not None and min(input_shape[:2]) < 32:
+            problems.append(
+                f"resnet50 needs images of at least 32x32 (got {tuple(input_shape[:2])}); set "
+                "image_size, or use a CIFAR-style ResNet (resnet20, resnet18) for small images"
+            )
+        return problems
+    match = CIFAR_DEPTH.match(name)
+    depth_ok = match and (int(match.group(1)) - 2) % 6 == 0 and int(match.group(1)) >= 8
+    if name != "resnet18" and not depth_ok:
+        return [f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}"]
+    if width is not None and width < 1:
+        return [f"width must be >= 1 (got {width})"]
+    return []
+
+
 def build_backbone(name, input_shape, width=None):
     """The backbone called `name` for images of `input_shape` (height, width, channels)."""
+    problems = backbone_problems(name, input_shape, width)
+    if problems:
+        raise ValueError("; ".join(problems) + ".")
     if name == "resnet50":
-        if width is not None:
-            raise ValueError("width applies to the CIFAR-style ResNets, not resnet50.")
-        if min(input_shape[:2]) < 32:
-            raise ValueError(
-                f"resnet50 needs images of at least 32x32 (got {input_shape[:2]}); set "
-                "image_size, or use a CIFAR-style ResNet (resnet20, resnet18) for small images."
-            )
         return keras.applications.ResNet50(
             include_top=False, weights=None, input_shape=input_shape, pooling="avg"
         )
     if name == "resnet18":
         return cifar_resnet(input_shape, (2, 2, 2, 2), width or 64, name="resnet18")
-    match = CIFAR_DEPTH.match(name)
-    if match and (int(match.group(1)) - 2) % 6 == 0 and int(match.group(1)) >= 8:
-        blocks = (int(match.group(1)) - 2) // 6
-        return cifar_resnet(input_shape, (blocks,) * 3, width or 16, name=name)
-    raise ValueError(f"Unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}.")
+    blocks = (int(CIFAR_DEPTH.match(name).group(1)) - 2) // 6
+    return cifar_resnet(input_shape, (blocks,) * 3, width or 16, name=name)

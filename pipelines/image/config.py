@@ -8,9 +8,10 @@ width=16, epochs=200`.
 
 import dataclasses
 import json
-import pathlib
 
-from pipelines.image.heads import HEADS, HeadConfig
+from pipelines.common.config import Problems, check_field_types
+from pipelines.image.backbones import backbone_problems
+from pipelines.image.heads import HeadConfig
 
 OPTIMIZERS = ("sgd", "adamw")
 MIXED_PRECISION = ("off", "float16", "bfloat16")
@@ -57,7 +58,7 @@ class ImageConfig:
     run_dir: str | None = None  # None = runs/image/<dataset>-<head>-<time>
     experiment: str = "image"
     tracking_uri: str | None = None  # None = MLFLOW_TRACKING_URI or sqlite:///mlflow.db
-    calibrate: bool = True  # fit a temperature on validation_split, log ECE before/after
+    calibrate: bool = False  # serve temperature-scaled probabilities (the fit is always logged)
     export_base: str | None = None  # None = <run_dir>/serving
     model_name: str | None = None  # None = <dataset>_<backbone>_<head>
     log_model: bool = True  # log the Keras model with its signature to MLflow
@@ -74,47 +75,43 @@ class ImageConfig:
             era_at_inference=self.era_at_inference,
         )
 
-    def validate(self):
-        """Checks that need no data; the head's target is checked once D is known."""
-        choices = {
-            "head": (self.head, HEADS),
-            "optimizer": (self.optimizer, OPTIMIZERS),
-            "mixed_precision": (self.mixed_precision, MIXED_PRECISION),
-            "strategy": (self.strategy, STRATEGIES),
-            "era_floor": (self.era_floor, ("tight", "paper")),
-            "era_inverse": (self.era_inverse, ("exact", "approx")),
-        }
-        for name, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size}
+    def check(self, info=None, dataset_problem=None):
+        """Every problem with these settings, raised together as one ConfigError.
+
+        The ERA target and the backbone's input size are checked once the dataset's `info`
+        (a `data.DatasetInfo`) is known, and a problem found while opening the dataset
+        joins the others; returns
+        the ERA floor report then (None without ERA). Called once per run, before the run
+        directory is claimed.
+        """
+        problems = Problems("image config")
+        if dataset_problem:
+            problems.add(dataset_problem)
+        floor = self.head_config().check(problems, info.num_classes if info else None)
+        for problem in backbone_problems(self.backbone, info.image_shape if info else None,
+                                         self.width):
+            problems.add(problem)
+        problems.choice("optimizer", self.optimizer, OPTIMIZERS)
+        problems.choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        problems.choice("strategy", self.strategy, STRATEGIES)
+        problems.choice("verbose", self.verbose, ("auto", "0", "1", "2"))
+        problems.at_least("epochs", self.epochs, 1)
+        problems.at_least("batch_size", self.batch_size, 1)
         if self.steps_per_epoch is not None:
-            positive["steps_per_epoch"] = self.steps_per_epoch
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value}.")
-        if self.learning_rate <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise ValueError(
-                "learning_rate must be > 0, weight_decay and warmup_epochs >= 0 (got "
-                f"{self.learning_rate}, {self.weight_decay}, {self.warmup_epochs})."
-            )
-        if self.crop_padding < 0:
-            raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}.")
-        return self
+            problems.at_least("steps_per_epoch", self.steps_per_epoch, 1)
+        problems.check(self.learning_rate > 0, f"learning_rate must be > 0 (got {self.learning_rate})")
+        problems.at_least("weight_decay", self.weight_decay, 0)
+        problems.at_least("warmup_epochs", self.warmup_epochs, 0)
+        problems.at_least("crop_padding", self.crop_padding, 0)
+        if self.image_size is not None:
+            problems.at_least("image_size", self.image_size, 1)
+        problems.raise_if_any()
+        return floor
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, values):
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"Unknown config field(s) {unknown}; known fields: {sorted(known)}."
-            )
+        check_field_types(cls, values, "image config")
         return cls(**values)
-
-    @classmethod
-    def from_json_file(cls, path):
-        return cls.from_dict(json.loads(pathlib.Path(path).read_text()))

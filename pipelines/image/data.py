@@ -17,9 +17,18 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from pipelines.common.errors import UserError
 from pipelines.image import offline_datasets
 
 AUTOTUNE = tf.data.AUTOTUNE
+
+
+class DatasetError(UserError, ValueError):
+    """A dataset that does not exist or does not fit this pipeline."""
+
+
+class DatasetNotPreparedError(UserError, FileNotFoundError):
+    """A dataset TFDS knows but that is not prepared in the data directory."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +52,7 @@ def get_builder(name, data_dir=None):
         known = tfds.list_builders()
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
         hint = f"Did you mean: {', '.join(close)}? " if close else ""
-        raise ValueError(
+        raise DatasetError(
             f"TFDS has no dataset named {name!r}. {hint}Offline datasets here: "
             f"{', '.join(offline_datasets.OFFLINE_DATASETS)}. List every name with "
             "`python -c 'import tensorflow_datasets as tfds; print(tfds.list_builders())'`."
@@ -52,7 +61,7 @@ def get_builder(name, data_dir=None):
         builder.download_and_prepare()
     features = builder.info.features
     if "image" not in features or "label" not in features:
-        raise ValueError(
+        raise DatasetError(
             f"Dataset {name!r} is not an image classification dataset: it needs 'image' "
             f"and 'label' features, and has {list(features.keys())}."
         )
@@ -65,7 +74,7 @@ def dataset_info(builder, image_size=None):
     if image_size is not None:
         height = width = int(image_size)
     elif height is None or width is None:
-        raise ValueError(
+        raise DatasetError(
             f"Dataset {builder.name!r} has images of varying size; set image_size "
             "(e.g. 224 for imagenet2012)."
         )
@@ -94,7 +103,7 @@ def read_split(builder, split, shuffle_files=False, seed=None):
     except AssertionError as error:
         if "could not find data" not in str(error):
             raise
-        raise FileNotFoundError(
+        raise DatasetNotPreparedError(
             f"Dataset {builder.name!r} is not prepared in {builder.data_dir_root}. Prepare "
             f"it first: `tfds build {builder.name} --data_dir={builder.data_dir_root}` "
             "(or tfds.builder(name, data_dir=...).download_and_prepare()); datasets with "

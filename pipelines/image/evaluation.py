@@ -4,12 +4,22 @@ Metrics of logits z and integer labels: top-1 and top-5 accuracy, NLL, expected
 calibration error (era_keras.calibration), and the mean and minimum predictive entropy
 of softmax(z). They are computed on the logits the model serves (ERA logits when the floor
 is on at inference), over a whole split, not averaged over batches.
+
+Names follow the project's scheme (`pipelines.common.metrics`): `train/...` (loss,
+accuracy, learning rate), `eval/<split>_...` (top1, top5, nll, ece, temperature),
+`entropy/<split>_{mean,min}` (what ERA controls) and `perf/...` (throughput). The final
+report adds `_era_on` / `_era_off` (ERA heads: the floor on and off at inference) and
+`_calibrated` (after temperature scaling) variants.
 """
+
+import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 import era_keras
+from pipelines.common.metrics import grouped, metric_history
 from pipelines.image import data
 
 
@@ -37,9 +47,27 @@ def classification_metrics(logits, labels, temperature=1.0):
     }
 
 
+def named(split, metrics, suffix=""):
+    """classification_metrics -> project names: {"eval/val_top1": ..., "entropy/val_min": ...}."""
+    evaluation = {f"{split}_{k}{suffix}": v for k, v in metrics.items() if not k.startswith("entropy_")}
+    entropy = {f"{split}_{k[len('entropy_'):]}{suffix}": v
+               for k, v in metrics.items() if k.startswith("entropy_")}
+    return {**grouped("eval", evaluation), **grouped("entropy", entropy)}
+
+
 def predict_logits(model, ds):
-    """The model's inference-time outputs over a one-pass (images, labels) dataset."""
-    return np.asarray(model.predict(data.images_only(ds), verbose=0), dtype=np.float64)
+    """The model's inference-time outputs over a one-pass (images, labels) dataset.
+
+    Run here, in this process, outside any distribution strategy: under multi-worker
+    training only the chief evaluates, and Keras' distributed `predict` would wait for
+    the other workers.
+    """
+    forward = getattr(model, "_era_keras_forward", None)
+    if forward is None:
+        forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+        model._era_keras_forward = forward
+    outputs = [np.asarray(forward(images), dtype=np.float64) for images in data.images_only(ds)]
+    return np.concatenate(outputs)
 
 
 def pre_era_model(model):
@@ -58,13 +86,14 @@ def with_era_floor(raw_logits, head):
     return keras.ops.convert_to_numpy(era_logits).astype(np.float64)
 
 
-def final_report(model, head, validation_ds, test_ds, calibrate=True):
+def final_report(model, head, validation_ds, test_ds):
     """Test metrics of the served probabilities, before and after temperature scaling.
 
-    The temperature is fitted by NLL on the validation split. For ERA heads the report
-    also has the floor on and off at inference (`*_era_on`, `*_era_off`), whichever the
-    model serves, each with its own fitted temperature. Returns (metrics, temperature of
-    the served probabilities).
+    The temperature is fitted by NLL on the validation split and always reported
+    (`eval/temperature`); whether the export applies it is the caller's choice. For ERA
+    heads the report also has the floor on and off at inference (`*_era_on`,
+    `*_era_off`), whichever the model serves, each with its own fitted temperature.
+    Returns (metrics, fitted temperature of the served probabilities).
     """
     validation_labels = data.integer_labels(validation_ds)
     test_labels = data.integer_labels(test_ds)
@@ -76,46 +105,53 @@ def final_report(model, head, validation_ds, test_ds, calibrate=True):
         variants["_era_off"] = raw
     metrics = {}
     for suffix, (validation_logits, test_logits) in variants.items():
-        temperature = 1.0
-        if calibrate:
-            temperature = era_keras.fit_temperature(validation_logits, validation_labels)
+        temperature = era_keras.fit_temperature(validation_logits, validation_labels)
         before = classification_metrics(test_logits, test_labels)
         after = classification_metrics(test_logits, test_labels, temperature)
-        metrics.update({f"test/{k}{suffix}": v for k, v in before.items()})
-        metrics.update({f"test/{k}{suffix}_calibrated": after[k] for k in ("nll", "ece", "entropy_mean")})
-        metrics[f"temperature{suffix}"] = temperature
-    return metrics, metrics["temperature"]
+        metrics.update(named("test", before, suffix))
+        calibrated = {k: after[k] for k in ("nll", "ece", "entropy_mean", "entropy_min")}
+        metrics.update(named("test", calibrated, f"{suffix}_calibrated"))
+        metrics[f"eval/temperature{suffix}"] = temperature
+    return metrics, metrics["eval/temperature"]
 
 
 class EpochMetrics(keras.callbacks.Callback):
-    """Logs the epoch's training metrics and the validation metrics to MLflow.
+    """Logs the epoch's training metrics, the validation metrics and throughput to MLflow.
 
-    Put it before BackupAndRestore in the callback list: then an epoch's metrics are
-    logged before its checkpoint, and a run killed in between re-runs the epoch and logs
-    the same step again (plots keep the last value of each step).
+    Put it before the checkpoint callback in the list: then an epoch's metrics are logged
+    before its checkpoint, and a run killed in between re-runs the epoch and logs the same
+    step again (`metric_history` keeps the last value of each step).
     """
 
-    def __init__(self, validation_ds, validation_labels, learning_rate_fn=None):
+    def __init__(self, validation_ds, validation_labels, learning_rate_fn=None,
+                 images_per_epoch=None):
         super().__init__()
         self.validation_ds = validation_ds
         self.validation_labels = validation_labels
         self.learning_rate_fn = learning_rate_fn
+        self.images_per_epoch = images_per_epoch
         self.last = {}
+        self._started = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         import mlflow
 
+        seconds = time.perf_counter() - self._started
         logs = logs or {}
-        metrics = {
-            f"train/{name}": float(logs[key])
-            for name, key in (("loss", "loss"), ("top1", "accuracy"), ("top5", "top5"))
-            if key in logs
-        }
+        train = {name: float(logs[key])
+                 for name, key in (("loss", "loss"), ("top1", "accuracy"), ("top5", "top5"))
+                 if key in logs}
+        if self.learning_rate_fn is not None:
+            train["learning_rate"] = float(self.learning_rate_fn())
         logits = predict_logits(self.model, self.validation_ds)
         validation = classification_metrics(logits, self.validation_labels)
-        metrics.update({f"val/{name}": value for name, value in validation.items()})
-        if self.learning_rate_fn is not None:
-            metrics["train/learning_rate"] = float(self.learning_rate_fn())
+        perf = {"epoch_seconds": seconds}
+        if self.images_per_epoch:
+            perf["train_images_per_second"] = self.images_per_epoch / seconds
+        metrics = {**grouped("train", train), **named("val", validation), **grouped("perf", perf)}
         mlflow.log_metrics(metrics, step=epoch + 1)
         self.last = metrics
         print(
@@ -127,22 +163,22 @@ class EpochMetrics(keras.callbacks.Callback):
 
 
 def metric_curves(run_id):
-    """{"top1/val": (epochs, values), ...} from the run's MLflow history, resumes included.
+    """{"top1/train": (epochs, values), "top1/val": ..., "entropy/val_min": ...} for plots.
 
-    A step logged twice (an epoch re-run after a kill) keeps its last value.
+    Read through `pipelines.common.metrics.metric_history` (resumes included: a step
+    logged twice keeps its last value); panels group by the part before "/".
     """
     import mlflow
 
-    client = mlflow.tracking.MlflowClient()
-    run = client.get_run(run_id)
+    keys = [key for key in mlflow.tracking.MlflowClient().get_run(run_id).data.metrics
+            if key.startswith(("train/", "eval/val_", "entropy/val_"))]
     curves = {}
-    for key in sorted(run.data.metrics):
-        if "/" not in key or not key.startswith(("train/", "val/")):
-            continue
-        split, name = key.split("/", 1)
-        by_step = {}
-        for point in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp):
-            by_step[point.step] = point.value
-        steps = sorted(by_step)
-        curves[f"{name}/{split}"] = (steps, [by_step[s] for s in steps])
+    for key, series in metric_history(run_id, sorted(keys)).items():
+        group, name = key.split("/", 1)
+        if group == "train":
+            curves[f"{name}/train"] = series
+        elif group == "eval":
+            curves[f"{name[len('val_'):]}/val"] = series
+        else:
+            curves[f"entropy/val {name[len('val_'):]}"] = series
     return curves

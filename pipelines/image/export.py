@@ -2,7 +2,8 @@
 
 `serving_default` takes `images`, uint8 [batch, height, width, channels] (raw pixels, as
 a client decodes them from PNG/JPEG), and returns
-    probabilities: float32 [batch, classes]   softmax(logits / temperature)
+    probabilities: float32 [batch, classes]   softmax(logits / temperature), T = 1 unless
+                                              the run was trained with --calibrate
     class_ids:     int64   [batch]            argmax of the probabilities
 where logits are the model's inference outputs: ERA logits when the ERA floor is on at
 inference, the plain "logits" layer otherwise. The ERA math is traced into the graph, so
@@ -25,14 +26,18 @@ from serving import layout
 METADATA_FILE = "serving_metadata.json"
 
 
-def serving_metadata(head, temperature, image_shape, class_names):
+def serving_metadata(head, temperature, image_shape, class_names, fitted_temperature=None):
+    """What the export serves. `temperature` is the one applied (1.0 unless the run asked
+    for calibration); `fitted_temperature` the one fitted on the validation split."""
     return {
         "served_probabilities": _describe(head, temperature),
         "era_at_inference": bool(head.uses_era and head.era_at_inference),
         "head": head.kind,
         "target_entropy": head.target_entropy if head.uses_era else None,
         "era_floor": head.era_floor if head.uses_era else None,
+        "calibrated": fitted_temperature is not None and temperature == fitted_temperature,
         "temperature": float(temperature),
+        "fitted_temperature": None if fitted_temperature is None else float(fitted_temperature),
         "input": f"uint8 images [batch, {', '.join(map(str, image_shape))}], raw pixels",
         "class_names": list(class_names),
     }
@@ -51,6 +56,7 @@ def export_for_serving(model, export_base, model_name, image_shape, metadata, ve
         "served_probabilities": tf.constant(metadata["served_probabilities"]),
         "era_at_inference": tf.constant(metadata["era_at_inference"]),
         "temperature": temperature,
+        "calibrated": tf.constant(metadata["calibrated"]),
     }
 
     archive = keras.export.ExportArchive()

@@ -16,6 +16,8 @@ import dataclasses
 import era_keras
 import keras
 
+from pipelines.common.config import Problems
+
 HEADS = ("softmax", "label_smoothing", "dropout", "era", "era_label_smoothing")
 
 
@@ -37,17 +39,29 @@ class HeadConfig:
     def smoothing(self):
         return self.label_smoothing if self.kind.endswith("label_smoothing") else 0.0
 
-    def validate(self, num_classes):
-        """Raise ValueError for a setting that cannot work with `num_classes` classes."""
-        if self.kind not in HEADS:
-            raise ValueError(f"Unknown head {self.kind!r}; choose one of {HEADS}.")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
-        if self.uses_era:
+    def check(self, problems, num_classes=None):
+        """Add what is wrong with this head to `problems` (a `Problems`); the ERA target is
+        checked once `num_classes` is known. Returns the ERA floor report (or None)."""
+        problems.choice("head", self.kind, HEADS)
+        problems.choice("era_floor", self.era_floor, ("tight", "paper"))
+        problems.choice("era_inverse", self.era_inverse, ("exact", "approx"))
+        problems.in_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
+        problems.in_range("dropout", self.dropout, 0.0, 1.0, high_open=True)
+        if num_classes is None or not self.uses_era or self.era_floor not in ("tight", "paper"):
+            return None
+        try:
             return era_keras.entropy_floor(num_classes, self.target_entropy, self.era_floor)
-        return None
+        except ValueError as error:
+            problems.add(str(error).rstrip("."))
+            return None
+
+    def validate(self, num_classes):
+        """The ERA floor report for `num_classes` classes (None without ERA); a ConfigError
+        listing every setting that cannot work."""
+        problems = Problems("head")
+        floor = self.check(problems, num_classes)
+        problems.raise_if_any()
+        return floor
 
 
 def classification_head(features, num_classes, head):

@@ -1,14 +1,21 @@
 """Training: distribution strategy, optimizer and schedule, fit with resume, then finish.
 
-`train(config)` runs the whole pipeline: data, model, Keras fit with a checkpoint every
-epoch (keras.callbacks.BackupAndRestore: weights, optimizer state and epoch), validation
-metrics per epoch, then temperature scaling, test metrics, the Keras model, curves, the
+`train(config)` runs the whole pipeline: check the config (the dataset and the ERA target
+included), claim the run directory (`pipelines.common.run_dir.RunDir`), build the model,
+restore the newest readable checkpoint (`checkpoint.EpochCheckpoints`), Keras fit with a
+checkpoint and validation metrics every epoch, then test metrics (with the fitted
+temperature, applied to the export only with `calibrate`), the Keras model, curves, the
 MLflow model and a TF Serving export. Everything goes to one MLflow run, which a resumed
 run continues (`pipelines.common.tracking.tracked_run` keeps the run id in the run dir).
+
+Under `multi_worker_mirrored` every worker runs this same function; the chief alone claims
+the run directory, writes checkpoints, logs to MLflow and exports. The other workers read
+the chief's checkpoints when they resume, so the run directory must be on storage every
+worker can read.
 """
 
+import contextlib
 import dataclasses
-import json
 import pathlib
 import time
 
@@ -18,13 +25,16 @@ import tensorflow as tf
 
 import era_keras
 from pipelines.common import tracking
+from pipelines.common.errors import UserError
+from pipelines.common.run_dir import RunDir
 from pipelines.image import data, evaluation, export
+from pipelines.image.checkpoint import EpochCheckpoints
 from pipelines.image.classifier import build_classifier
 from pipelines.image.heads import head_loss, served_probabilities
 
-CONFIG_FILE = "config.json"
-FINISHED_FILE = "finished.json"
 MODEL_FILE = "model.keras"
+# Display settings: they may change when a run resumes, and are not part of its identity.
+DISPLAY_FIELDS = ("verbose",)
 
 
 def make_strategy(name):
@@ -67,30 +77,31 @@ def make_optimizer(config, schedule):
     return optimizer
 
 
-def prepare_run_dir(config):
-    """The run directory; refuses one that holds another config or a finished run."""
-    if config.run_dir is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        config.run_dir = f"runs/image/{config.dataset}-{config.head}-{stamp}"
-    run_dir = pathlib.Path(config.run_dir)
-    saved = run_dir / CONFIG_FILE
-    if saved.exists():
-        previous = json.loads(saved.read_text())
-        current = dataclasses.asdict(config)
-        changed = sorted(k for k in current if previous.get(k) != current[k] and k != "verbose")
-        if changed:
-            raise ValueError(
-                f"{run_dir} holds a run with a different config ({', '.join(changed)} "
-                "differ). Resume it with the same settings, or pick a new --run-dir."
-            )
-    if (run_dir / FINISHED_FILE).exists():
-        raise FileExistsError(
-            f"The run in {run_dir} has already finished (see {run_dir / FINISHED_FILE}); "
-            "pick a new --run-dir to train again."
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(config.to_json())
-    return run_dir
+def is_chief(strategy):
+    """Whether this process writes the run's outputs: always, except a non-chief worker of
+    a multi-worker strategy (the chief is task "chief", or worker 0 when there is none)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if not task_type or task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def default_run_dir(config):
+    return f"runs/image/{config.dataset}-{config.head}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_name(config):
+    """An informative MLflow run name: pipeline, data, model, head, seed."""
+    head = config.head + (f"-h{config.target_entropy:g}" if config.head.startswith("era") else "")
+    return f"image-{config.dataset}-{config.backbone}-{head}-seed{config.seed}"
+
+
+def claimed_config(config):
+    """What identifies a run: every field but the display ones."""
+    values = dataclasses.asdict(config)
+    return {k: v for k, v in values.items() if k not in DISPLAY_FIELDS}
 
 
 def _verbosity(config):
@@ -181,39 +192,66 @@ def compiled_model(config, inputs, strategy=None):
 
 
 def _train(config):
-    config.validate()
     # First: multi-worker collectives must be set up before any other TensorFlow op.
     strategy = make_strategy(config.strategy)
+    chief = is_chief(strategy)
+    try:
+        inputs, dataset_problem = prepare_inputs(config), None
+    except UserError as error:  # an unknown or unprepared dataset
+        inputs, dataset_problem = None, str(error)
+    # Every problem at once, and all of it before the run directory is claimed.
+    floor = config.check(inputs.info if inputs else None, dataset_problem)
     head = config.head_config()
-    inputs = prepare_inputs(config)
-    floor = head.validate(inputs.info.num_classes)
-    run_dir = prepare_run_dir(config)
+    if config.run_dir is None:
+        config.run_dir = default_run_dir(config)
+    run_dir = RunDir(config.run_dir)
+    if chief:
+        run_dir.claim(claimed_config(config))
     keras.utils.set_random_seed(config.seed)
     model, schedule = compiled_model(config, inputs, strategy)
-
-    with tracking.tracked_run(config.experiment, config, run_dir, config.tracking_uri) as run:
-        import mlflow
-
-        mlflow.log_params(
-            _setting_params(inputs.info, floor, head, inputs.steps_per_epoch, strategy)
+    checkpoints = EpochCheckpoints(run_dir.path)
+    with strategy.scope():
+        initial_epoch = checkpoints.restore(model)
+    if chief and run_dir.resumed:
+        run_dir.announce_resume(
+            f"epoch {initial_epoch}" if initial_epoch else "the start (no checkpoint was written yet)"
         )
-        epoch_metrics = evaluation.EpochMetrics(
-            inputs.validation,
-            data.integer_labels(inputs.validation),
-            learning_rate_fn=lambda: schedule(model.optimizer.iterations),
-        )
-        callbacks = [
-            epoch_metrics,
-            keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
-        ]
+
+    tracked = (tracking.tracked_run(config.experiment, config, run_dir.path, config.tracking_uri,
+                                    run_name=run_name(config))
+               if chief else contextlib.nullcontext())
+    with tracked as run:
+        callbacks = []
+        if chief:
+            import mlflow
+
+            if not run_dir.resumed:
+                mlflow.log_params(
+                    _setting_params(inputs.info, floor, head, inputs.steps_per_epoch, strategy)
+                )
+            callbacks = [
+                evaluation.EpochMetrics(
+                    inputs.validation,
+                    data.integer_labels(inputs.validation),
+                    learning_rate_fn=lambda: schedule(model.optimizer.iterations),
+                    images_per_epoch=inputs.steps_per_epoch * config.batch_size,
+                ),
+                checkpoints.callback(),  # after the metrics: see EpochMetrics
+            ]
         model.fit(
             inputs.train,
             epochs=config.epochs,
+            initial_epoch=initial_epoch,
             steps_per_epoch=inputs.steps_per_epoch,
             callbacks=callbacks,
-            verbose=_verbosity(config),
+            shuffle=False,  # the tf.data pipeline shuffles; Keras would warn it ignores this
+            verbose=_verbosity(config) if chief else 0,
         )
-        return finish(config, run, run_dir, model, head, inputs)
+        if not chief:
+            return {"run_dir": str(run_dir), "chief": False}
+        summary = finish(config, run, run_dir, model, head, inputs)
+    print(f"MLflow run {summary['run_id']}; exported {summary['export_dir']}", flush=True)
+    return summary
 
 
 def _setting_params(info, floor, head, steps_per_epoch, strategy):
@@ -236,12 +274,12 @@ def _setting_params(info, floor, head, steps_per_epoch, strategy):
 
 
 def finish(config, run, run_dir, model, head, inputs):
-    """After fit: calibration, test metrics, saved model, curves, MLflow model, export."""
+    """After fit: test metrics, saved model, curves, MLflow model, export, finished.json."""
     import mlflow
 
     info = inputs.info
-    metrics, temperature = evaluation.final_report(
-        model, head, inputs.validation, inputs.test, config.calibrate
+    metrics, fitted_temperature = evaluation.final_report(
+        model, head, inputs.validation, inputs.test
     )
     mlflow.log_metrics(metrics)
 
@@ -255,7 +293,11 @@ def finish(config, run, run_dir, model, head, inputs):
     )
 
     class_names = _class_names(inputs.builder, info)
-    metadata = export.serving_metadata(head, temperature, info.image_shape, class_names)
+    # The export serves what was trained (the ERA floor on, when the head has it); the
+    # fitted temperature is applied only when the user asks for it (`calibrate`).
+    temperature = fitted_temperature if config.calibrate else 1.0
+    metadata = export.serving_metadata(head, temperature, info.image_shape, class_names,
+                                       fitted_temperature=fitted_temperature)
     if config.log_model:
         _log_keras_model(model, inputs.validation, metadata)
     export_base = config.export_base or str(run_dir / "serving")
@@ -266,9 +308,10 @@ def finish(config, run, run_dir, model, head, inputs):
     mlflow.log_dict(metadata, "serving_metadata.json")
     mlflow.set_tag("export_dir", str(export_dir))
 
-    summary = {"run_id": run.info.run_id, "run_dir": str(run_dir), "export_dir": str(export_dir)}
+    summary = {"run_id": run.info.run_id, "run_dir": str(run_dir), "export_dir": str(export_dir),
+               "served_temperature": temperature}
     summary.update(metrics)
-    tracking.write_json(run_dir / FINISHED_FILE, summary)
+    run_dir.finish(summary)
     return summary
 
 

@@ -79,15 +79,27 @@ def test_random_crop_moves_content_and_keeps_shape():
     assert np.array_equal(data.random_crop_flip(image, 0, False).numpy(), image.numpy())
 
 
-def test_randaugment_pipeline_yields_valid_images():
-    with tfds.testing.mock_data(num_examples=16):
+def test_randaugment_changes_the_images_and_keeps_them_valid():
+    """The same seeded pipeline with and without RandAugment (no crop or flip) yields the
+    same examples in the same order; with it, the images change. Two ops of magnitude 0.5
+    per image leave an image unchanged only when both draws are near-identity ops, so most
+    of a batch of 16 must differ: we require 12 (a RandAugment that did nothing gives 0)."""
+    with tfds.testing.mock_data(num_examples=32):
         builder = data.get_builder("cifar10", "/nonexistent")
         info = data.dataset_info(builder)
-        train = data.train_pipeline(builder, info, "train", batch_size=8, randaugment=True)
-        images, _ = next(iter(train))
-        assert images.shape == (8, 32, 32, 3)
-        assert np.isfinite(images.numpy()).all()
-        assert float(tf.reduce_max(images)) <= 1.0 + 1e-6
+
+        def first_batch(randaugment):
+            train = data.train_pipeline(builder, info, "train", batch_size=16, crop_padding=0,
+                                        flip=False, randaugment=randaugment, seed=3)
+            return [t.numpy() for t in next(iter(train))]
+
+        plain, plain_labels = first_batch(False)
+        augmented, labels = first_batch(True)
+    np.testing.assert_array_equal(labels, plain_labels)
+    assert augmented.shape == (16, 32, 32, 3) and augmented.dtype == np.float32
+    assert np.isfinite(augmented).all() and augmented.min() >= 0.0 and augmented.max() <= 1.0 + 1e-6
+    changed = np.abs(augmented - plain).mean(axis=(1, 2, 3)) > 1.0 / 255
+    assert changed.sum() >= 12, changed
 
 
 def test_images_of_varying_size_need_image_size():

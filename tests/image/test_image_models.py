@@ -36,7 +36,7 @@ def test_resnet50_comes_from_keras_applications_and_checks_size():
 
 @pytest.mark.parametrize("name", ["resnet21", "resnet2", "vgg16"])
 def test_unknown_backbone_names_the_choices(name):
-    with pytest.raises(ValueError, match=r"Unknown backbone.*resnet20"):
+    with pytest.raises(ValueError, match=r"unknown backbone.*resnet20"):
         build_backbone(name, (32, 32, 3))
 
 

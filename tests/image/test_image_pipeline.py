@@ -13,10 +13,18 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from pipelines.common.errors import ConfigError, UserError, run_cli
+from pipelines.common.run_dir import FINISHED_FILE
+from pipelines.image import __main__ as cli
 from pipelines.image import data, training
-from pipelines.image.__main__ import build_parser, config_from_args, main
+from pipelines.image.__main__ import build_parser, config_from_args
 from pipelines.image.config import ImageConfig
 from tests.image.conftest import tiny_config
+
+
+def main(argv):
+    """The image CLI in this process, as `python -m pipelines.image` ends: its exit status."""
+    return run_cli(cli.main, argv)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -51,11 +59,17 @@ def test_end_to_end_on_mock_cifar10(tracking_uri, tmp_path):
     assert str(tmp_path) in run.info.artifact_uri  # not in the repository
     assert run.data.params["head"] == "era_label_smoothing"
     assert float(run.data.params["era.min_entropy"]) == pytest.approx(0.6, abs=1e-6)
-    for key in ("val/top1", "val/top5", "val/nll", "val/ece", "val/entropy_mean", "val/entropy_min", "train/loss"):
+    assert run.info.run_name == "image-cifar10-resnet8-era_label_smoothing-h0.6-seed0"
+    for key in ("eval/val_top1", "eval/val_top5", "eval/val_nll", "eval/val_ece",
+                "entropy/val_mean", "entropy/val_min", "train/loss", "train/learning_rate",
+                "perf/epoch_seconds", "perf/train_images_per_second"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
+    # Every metric follows the project's scheme.
+    assert {key.split("/")[0] for key in run.data.metrics} == {"train", "eval", "entropy", "perf"}
     # The tight floor holds on every validation image.
-    assert run.data.metrics["val/entropy_min"] >= 0.6 - 1e-4
-    for key in ("test/ece", "test/ece_calibrated", "temperature", "test/nll_era_off"):
+    assert run.data.metrics["entropy/val_min"] >= 0.6 - 1e-4
+    for key in ("eval/test_ece", "eval/test_ece_calibrated", "eval/temperature",
+                "eval/test_nll_era_off"):
         assert key in run.data.metrics
     artifacts = _artifact_paths(client, run.info.run_id)
     for expected in ("config.json", "curves.png", "model.keras", "serving_metadata.json",
@@ -103,19 +117,30 @@ def _serve_standalone(export_dir, images, tmp_path):
     return np.load(tmp_path / "served.npz")
 
 
-@pytest.mark.parametrize("era_at_inference", [True, pytest.param(False, marks=pytest.mark.slow)])
-def test_real_data_run_serves_what_keras_predicts(tracking_uri, tmp_path, offline_data_dir, era_at_inference):
+@pytest.mark.parametrize(
+    "era_at_inference, calibrate",
+    [(True, False), pytest.param(False, False, marks=pytest.mark.slow),
+     pytest.param(True, True, marks=pytest.mark.slow)],
+)
+def test_real_data_run_serves_what_keras_predicts(
+    tracking_uri, tmp_path, offline_data_dir, era_at_inference, calibrate
+):
+    """By default the export serves what was trained: the ERA floor's probabilities, with no
+    temperature (a fitted T < 1 would push them under the floor). `calibrate` applies the
+    fitted temperature, and the metadata says which."""
     import keras
 
     import era_keras
 
-    config = tiny_config(tmp_path / "run", offline_data_dir, era_at_inference=era_at_inference)
+    config = tiny_config(tmp_path / "run", offline_data_dir, era_at_inference=era_at_inference,
+                         calibrate=calibrate)
     summary = training.train(config)
+    assert summary["served_temperature"] == (summary["eval/temperature"] if calibrate else 1.0)
 
     builder = data.get_builder("sklearn_digits", offline_data_dir)
     images = np.concatenate([x.numpy() for x, _ in data.read_split(builder, "test").batch(512)])
     model = keras.saving.load_model(pathlib.Path(summary["run_dir"]) / training.MODEL_FILE)
-    temperature = summary["temperature"]
+    temperature = summary["served_temperature"]
     logits = model.predict(images.astype("float32") / 255.0, verbose=0)
     expected = keras.ops.convert_to_numpy(keras.ops.softmax(logits / temperature))
 
@@ -141,7 +166,12 @@ def test_real_data_run_serves_what_keras_predicts(tracking_uri, tmp_path, offlin
         (pathlib.Path(summary["export_dir"]) / "assets.extra" / "serving_metadata.json").read_text()
     )
     assert metadata["era_at_inference"] == era_at_inference
+    assert metadata["calibrated"] is calibrate
+    assert metadata["fitted_temperature"] == pytest.approx(summary["eval/temperature"])
     assert metadata["class_names"] == [str(i) for i in range(10)]
+    if era_at_inference and not calibrate:  # the floor holds on what is served
+        p = served["probabilities"].astype(np.float64)
+        assert (-(p * np.log(p)).sum(axis=-1) >= 0.6 - 1e-4).all()
 
 
 def test_cli_rejects_a_bad_era_target_before_training(tmp_path, offline_data_dir, capsys):
@@ -163,11 +193,61 @@ def test_config_json_then_flags(tmp_path):
     config, _ = config_from_args(["--config-json", str(path), "--head", "dropout", "--no-flip"])
     assert (config.epochs, config.head, config.flip) == (7, "dropout", False)
     assert config.batch_size == ImageConfig().batch_size
-    path.write_text(json.dumps({"epoch": 7}))
-    with pytest.raises(ValueError, match=r"Unknown config field\(s\) \['epoch'\]"):
-        config_from_args(["--config-json", str(path)])
-    with pytest.raises(ValueError, match="optimizer must be one of"):
-        config_from_args(["--optimizer", "adam"])
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ('{"epoch": 7}', "unknown field 'epoch'"),
+        ('{"epochs": "two"}', "epochs must be int, got 'two'"),
+        ("[1, 2]", "must hold a JSON object of ImageConfig fields, got list"),
+        ("{not json", "is not valid JSON"),
+        ("", "is not valid JSON"),
+    ],
+)
+def test_a_bad_config_json_is_one_line_naming_the_file(tmp_path, capsys, content, expected):
+    path = tmp_path / "settings.json"
+    path.write_text(content)
+    assert main(["--config-json", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and str(path) in err
+    assert expected in err
+
+
+def test_every_config_problem_is_reported_together(capsys, offline_data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    code = main(["--optimizer", "adam", "--epochs", "0", "--head", "era", "--target-entropy", "9",
+                 "--backbone", "resnet7", "--data-dir", offline_data_dir, "--run-dir", str(run_dir)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    for problem in ("optimizer='adam' is not one of", "epochs must be >= 1",
+                    "admissible range", "unknown backbone 'resnet7'"):
+        assert problem in err, problem
+    assert not run_dir.exists()  # nothing claimed
+    with pytest.raises(ConfigError, match="optimizer='adam'"):
+        ImageConfig(optimizer="adam").check()
+
+
+def test_an_unknown_recipe_lists_the_recipes(capsys):
+    assert main(["--recipe", "cifar100-vit", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown recipe 'cifar100-vit'; the recipes are: cifar10-resnet50, imagenet-resnet50" in err
+
+
+def test_print_config_shows_a_recipe_with_flags_on_top(capsys):
+    assert main(["--recipe", "cifar10-resnet50", "--epochs", "3", "--print-config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    from pipelines.image.recipes import RECIPES
+
+    expected = {**RECIPES["cifar10-resnet50"], "epochs": 3}
+    assert {key: shown[key] for key in expected} == expected
+    # The authors' CIFAR-10 command: ResNet-50, cosine over 200 epochs at lr 0.05, batch
+    # 4 x 64, AMP, RandAugment, label smoothing 0.1 kept on beside ERA with H0 = 0.6.
+    assert (shown["backbone"], shown["learning_rate"], shown["batch_size"]) == ("resnet50", 0.05, 256)
+    assert (shown["head"], shown["label_smoothing"], shown["target_entropy"]) == (
+        "era_label_smoothing", 0.1, 0.6)
+    assert ImageConfig.from_dict(shown).check() is None  # a valid config (ERA target checked with the data)
 
 
 def test_help_lists_every_option():
@@ -177,12 +257,24 @@ def test_help_lists_every_option():
         assert flag in text
 
 
-def test_a_run_dir_with_another_config_is_refused(tmp_path, offline_data_dir):
-    config = tiny_config(tmp_path / "run", offline_data_dir)
-    training.prepare_run_dir(config)
-    changed = tiny_config(tmp_path / "run", offline_data_dir, head="softmax")
-    with pytest.raises(ValueError, match=r"different config \(head differ\)"):
-        training.prepare_run_dir(changed)
+def test_a_typo_never_claims_the_run_dir_and_another_config_is_refused(
+    tracking_uri, tmp_path, offline_data_dir, capsys
+):
+    """A run dir is claimed only once the config is valid (a typo in the dataset does not
+    block it), and then refuses other settings, naming the fields that differ."""
+    run_dir = tmp_path / "run"
+    assert main(["--dataset", "sklearn_digit", "--data-dir", offline_data_dir,
+                 "--run-dir", str(run_dir)]) == 2
+    assert "no dataset named 'sklearn_digit'" in capsys.readouterr().err
+    assert not run_dir.exists()
+    config = tiny_config(run_dir, offline_data_dir, epochs=1, steps_per_epoch=1)
+    training.train(config)
+    changed = tiny_config(run_dir, offline_data_dir, epochs=1, steps_per_epoch=1, head="softmax")
+    with pytest.raises(UserError, match=r"holds a run with other settings \(head: 'era' -> 'softmax'\)"):
+        training.train(changed)
+    again = tiny_config(run_dir, offline_data_dir, epochs=1, steps_per_epoch=1, verbose="2")
+    with pytest.raises(UserError, match="has already finished"):
+        training.train(again)  # a display setting does not make it a new run
 
 
 def test_strategy_flag_builds_tf_distribute_strategies():
@@ -191,7 +283,13 @@ def test_strategy_flag_builds_tf_distribute_strategies():
     assert training.make_strategy("default") is tf.distribute.get_strategy()
     mirrored = training.make_strategy("mirrored")
     assert isinstance(mirrored, tf.distribute.MirroredStrategy)
-    assert mirrored.num_replicas_in_sync >= 1
+    # One replica per GPU, or the CPU when there is none (two CPU replicas: see
+    # test_distributed.py).
+    gpus = tf.config.list_logical_devices("GPU")
+    assert mirrored.num_replicas_in_sync == max(1, len(gpus))
+    expected = [d.name for d in gpus] or ["/job:localhost/replica:0/task:0/device:CPU:0"]
+    assert sorted(mirrored.extended.worker_devices) == sorted(expected)
+    assert training.is_chief(mirrored)
 
 
 def test_schedule_warms_up_then_decays_to_zero():
@@ -222,29 +320,30 @@ def test_killed_run_resumes_from_its_last_checkpoint(tracking_uri, tmp_path, off
             "--backbone", "resnet8", "--width", "8", "--epochs", "4", "--steps-per-epoch", "30",
             "--batch-size", "32", "--no-log-model", "--verbose", "2"]
     first = _cli(args)
-    metadata = run_dir / "backup" / "training_metadata.json"
+    checkpoints = run_dir / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and first.poll() is None:
-        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 1:
+        if checkpoints.is_dir() and any(p.name.startswith("epoch-") for p in checkpoints.iterdir()):
             break
         time.sleep(0.05)
-    assert first.poll() is None, first.communicate()[0][-3000:]
+    assert first.poll() is None, first.communicate()[0][-3000:]  # alive when killed
     first.send_signal(signal.SIGKILL)
     first.wait()
-    done_epochs = json.loads(metadata.read_text())["epoch"]
+    done_epochs = max(int(p.name[6:]) for p in checkpoints.iterdir() if p.name.startswith("epoch-"))
     assert 1 <= done_epochs < 4
     run_id = (run_dir / "mlflow_run_id.txt").read_text().strip()
-    assert not (run_dir / training.FINISHED_FILE).exists()
+    assert not (run_dir / FINISHED_FILE).exists()
 
     second = _cli(args)
     output = second.communicate(timeout=300)[0]
     assert second.returncode == 0, output[-3000:]
-    # Keras starts at the epoch after the checkpoint, not at epoch 1.
+    # Keras starts at the epoch after the checkpoint, not at epoch 1, and says so.
+    assert f"Resuming the run in {run_dir} from epoch {done_epochs}." in output
     assert f"Epoch {done_epochs + 1}/4" in output and "Epoch 1/4" not in output
-    summary = json.loads((run_dir / training.FINISHED_FILE).read_text())
+    summary = json.loads((run_dir / FINISHED_FILE).read_text())
     assert summary["run_id"] == run_id  # the same MLflow run, continued
     client, run = _run(tracking_uri, run_id)
-    steps = {m.step for m in client.get_metric_history(run_id, "val/top1")}
+    steps = {m.step for m in client.get_metric_history(run_id, "eval/val_top1")}
     assert steps == {1, 2, 3, 4}
     # The optimizer state came back too: 4 epochs of 30 steps in total, nothing lost.
     import keras
@@ -263,16 +362,18 @@ def test_default_run_learns_real_mnist(tmp_path, offline_data_dir, tracking_uri)
     process = _cli(["--data-dir", offline_data_dir, "--run-dir", str(run_dir), "--verbose", "2"])
     output = process.communicate(timeout=600)[0]
     assert process.returncode == 0, output[-3000:]
-    summary = json.loads((run_dir / training.FINISHED_FILE).read_text())
-    assert summary["test/top1"] > 0.9
-    assert summary["test/entropy_min"] >= 0.6 - 1e-4  # the tight floor, at inference
-    assert summary["test/ece_calibrated"] < summary["test/ece"]
+    summary = json.loads((run_dir / FINISHED_FILE).read_text())
+    assert summary["eval/test_top1"] > 0.9
+    assert summary["entropy/test_min"] >= 0.6 - 1e-4  # the tight floor, at inference
+    assert summary["eval/test_ece_calibrated"] < summary["eval/test_ece"]
+    assert "shuffle=True" not in output  # Keras' warning about an ignored flag is gone
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 def test_mirrored_strategy_and_mixed_precision_train(tracking_uri, tmp_path, offline_data_dir, precision):
     import keras
+    import tensorflow as tf
 
     config = tiny_config(tmp_path / "run", offline_data_dir, strategy="mirrored", mixed_precision=precision)
     summary = training.train(config)
@@ -280,6 +381,9 @@ def test_mirrored_strategy_and_mixed_precision_train(tracking_uri, tmp_path, off
     model = keras.saving.load_model(pathlib.Path(summary["run_dir"]) / training.MODEL_FILE)
     assert model.get_layer("resnet8").get_layer("stem_conv").compute_dtype == precision
     assert model.get_layer("logits").compute_dtype == "float32"
-    assert np.isfinite(summary["test/nll"])
+    assert np.isfinite(summary["eval/test_nll"])
     client, run = _run(tracking_uri, summary["run_id"])
-    assert run.data.params["train.replicas"] == "1"
+    gpus = tf.config.list_logical_devices("GPU")
+    assert run.data.params["train.replicas"] == str(max(1, len(gpus)))
+    # The floor holds under mixed precision (the ERA layer computes in float32).
+    assert summary["entropy/test_min"] >= 0.6 - 1e-4

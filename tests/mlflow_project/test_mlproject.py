@@ -106,7 +106,7 @@ def test_mlflow_run_image_then_export_end_to_end(tmp_path, tracking_uri):
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.project.entryPoint"] == "image"
-    assert "test/top1" in run.data.metrics  # the pipeline logged into the project's run
+    assert "eval/test_top1" in run.data.metrics  # the pipeline logged into the project's run
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"saved_model"}
 
     mlflow_run(

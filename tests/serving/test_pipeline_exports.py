@@ -81,7 +81,11 @@ def test_image_pipeline_run_exports_what_keras_predicts(tmp_path, tracking_uri):
     served = predict_standalone(export_dir, {"images": images})
 
     model = keras.saving.load_model(run_dir / MODEL_FILE)
-    temperature = mlflow.MlflowClient(tracking_uri).get_run(run_id).data.metrics["temperature"]
+    # Without --calibrate the export serves the trained model's softmax as it is (T = 1).
+    metadata = mlflow.artifacts.load_dict(f"runs:/{run_id}/serving_metadata.json")
+    assert metadata["calibrated"] is False
+    temperature = metadata["temperature"]
+    assert temperature == 1.0
     logits = keras.ops.convert_to_numpy(model(data.pixels_to_float(images), training=False))
     expected = keras.ops.convert_to_numpy(keras.ops.softmax(logits / temperature))
     np.testing.assert_allclose(served["probabilities"], expected, rtol=1e-5, atol=1e-6)
