@@ -29,7 +29,11 @@ def _conv_bn(x, filters, kernel_size, strides, name):
         kernel_initializer="he_normal",
         name=f"{name}_conv",
     )(x)
-    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
+    # synchronized: under a distribution strategy, batch statistics over the global batch,
+    # so N replicas train the model one device would (it costs an all-reduce per layer).
+    return layers.BatchNormalization(
+        momentum=0.9, epsilon=1e-5, synchronized=True, name=f"{name}_bn"
+    )(x)
 
 
 def basic_block(x, filters, strides, name):

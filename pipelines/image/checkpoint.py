@@ -14,6 +14,7 @@ import os
 import pathlib
 import shutil
 import sys
+import threading
 
 import keras
 
@@ -109,4 +110,20 @@ class _SaveEveryEpoch(keras.callbacks.Callback):
         self.checkpoints = checkpoints
 
     def on_epoch_end(self, epoch, logs=None):
-        self.checkpoints.save(self.model, epoch + 1)
+        # Saved from a thread of its own, outside fit's distribution strategy scope (the
+        # scope is per thread): Keras' writer creates a throw-away optimizer, which under
+        # MultiWorkerMirroredStrategy would broadcast its variables to workers that are
+        # not saving (only the chief saves) and wait for them forever.
+        failures = []
+
+        def save():
+            try:
+                self.checkpoints.save(self.model, epoch + 1)
+            except BaseException as error:  # re-raised in fit's thread below
+                failures.append(error)
+
+        thread = threading.Thread(target=save, name="checkpoint")
+        thread.start()
+        thread.join()
+        if failures:
+            raise failures[0]

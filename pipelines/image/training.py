@@ -38,11 +38,16 @@ DISPLAY_FIELDS = ("verbose",)
 
 
 def make_strategy(name):
-    """The tf.distribute strategy called `name` (see config.STRATEGIES)."""
+    """The tf.distribute strategy called `name` (see config.STRATEGIES).
+
+    `mirrored` replicates over every GPU, or, on a machine without one, over every logical
+    CPU device (one unless `tf.config.set_logical_device_configuration` made more).
+    """
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
     if name == "multi_worker_mirrored":
         # Reads the cluster from TF_CONFIG, as every worker runs the same command.
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -238,20 +243,49 @@ def _train(config):
                 ),
                 checkpoints.callback(),  # after the metrics: see EpochMetrics
             ]
-        model.fit(
-            inputs.train,
-            epochs=config.epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=inputs.steps_per_epoch,
-            callbacks=callbacks,
-            shuffle=False,  # the tf.data pipeline shuffles; Keras would warn it ignores this
-            verbose=_verbosity(config) if chief else 0,
-        )
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            _work_around_keras_multi_worker(model)
+        with strategy.scope():
+            model.fit(
+                inputs.train,
+                epochs=config.epochs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=inputs.steps_per_epoch,
+                callbacks=callbacks,
+                shuffle=False,  # the tf.data pipeline shuffles; Keras warns it ignores this
+                verbose=_verbosity(config) if chief else 0,
+            )
         if not chief:
+            _all_workers_done(strategy)
             return {"run_dir": str(run_dir), "chief": False}
         summary = finish(config, run, run_dir, model, head, inputs)
+        _all_workers_done(strategy)
     print(f"MLflow run {summary['run_id']}; exported {summary['export_dir']}", flush=True)
     return summary
+
+
+def _all_workers_done(strategy):
+    """Under multi-worker training, wait here until every worker arrives (a tiny
+    all-reduce): the others wait for the chief's evaluation and export instead of
+    exiting, which its coordination service would report as a crashed worker."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
+def _work_around_keras_multi_worker(model):
+    """Keras 3 fit under MultiWorkerMirroredStrategy fails twice (tensorflow/tensorflow
+    #72388): it builds the model on one batch reduced across replicas (a PerReplica value
+    cannot become a tensor), and it reduces each step's scalar logs with
+    `strategy.reduce("MEAN", v, axis=0)` (no axis 0 on a scalar). Without its own strategy
+    reference the model builds when fit traces the train step, under the strategy scope
+    fit runs in; and logs of shape [1] reduce over replicas and that axis to the mean."""
+    model._distribute_strategy = None
+    train_step = model.train_step
+
+    def train_step_with_vector_logs(data):
+        return {name: tf.reshape(value, [1]) for name, value in train_step(data).items()}
+
+    model.train_step = train_step_with_vector_logs
 
 
 def _setting_params(info, floor, head, steps_per_epoch, strategy):
