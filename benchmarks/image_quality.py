@@ -82,7 +82,8 @@ def table(records, labels, seeds):
             continue
         lines.append(
             f"| {label} | {len(rows)} | {fmt(values(rows, 'eval/test_top1'), 100)} "
-            f"| {fmt(values(rows, 'eval/test_nll'), 1, 3)} | {fmt(values(rows, 'eval/test_ece'), 100)} "
+            f"| {fmt(values(rows, 'eval/test_nll'), 1, 3)} "
+            f"| {fmt(values(rows, 'eval/test_ece'), 100)} "
             f"| {fmt(values(rows, 'eval/test_ece_calibrated'), 100)} "
             f"| {fmt(values(rows, 'eval/test_nll_calibrated'), 1, 3)} |"
         )
@@ -157,7 +158,8 @@ def verdict(records, labels, references=("softmax (baseline)", "label smoothing 
     ]
     winners = {}
     for reference in references:
-        ref = {r["seed"]: r["metrics"]["eval/test_top1"] for r in records if r["setting"] == reference}
+        ref = {r["seed"]: r["metrics"]["eval/test_top1"]
+               for r in records if r["setting"] == reference}
         for label in labels:
             if not label.startswith("ERA"):
                 continue

@@ -94,7 +94,9 @@ def download_run_saved_model(run_id, dst_dir, artifact_path=None, tracking_uri=N
             tracking_uri=tracking_uri,
         )
     except (MlflowException, OSError) as error:
-        raise UserError(f"cannot download artifact {artifact_path!r} of run {run_id}: {error}") from None
+        raise UserError(
+            f"cannot download artifact {artifact_path!r} of run {run_id}: {error}"
+        ) from None
     if not is_saved_model(local):
         raise UserError(
             f"artifact {artifact_path!r} of run {run_id} is not a SavedModel directory "

@@ -71,7 +71,8 @@ def _fits_dtype(value, dtype):
     if dtype.kind == "b":
         return kind == "b"
     if dtype.kind in "SUO":  # tf.string
-        return kind in "SU" or (kind == "O" and all(isinstance(v, (bytes, str)) for v in value.flat))
+        text = kind == "O" and all(isinstance(v, (bytes, str)) for v in value.flat)
+        return kind in "SU" or text
     return kind == dtype.kind
 
 

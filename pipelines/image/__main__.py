@@ -19,7 +19,8 @@ from pipelines.image.heads import HEADS
 from pipelines.image.recipes import RECIPES, recipe
 
 HELP = {
-    "dataset": "TFDS name (cifar10, cifar100, imagenet2012, mnist, ...) or an offline one: mnist5k, sklearn_digits",
+    "dataset": "TFDS name (cifar10, cifar100, imagenet2012, mnist, ...) or an offline one: "
+    "mnist5k, sklearn_digits",
     "data_dir": "TFDS data_dir; the offline datasets are prepared here on first use",
     "train_split": "TFDS split spec for training",
     "validation_split": "split for per-epoch metrics and temperature fitting",
@@ -27,15 +28,19 @@ HELP = {
     "crop_padding": "random crop after zero-padding this many pixels (0: off; 4 for CIFAR)",
     "flip": "random horizontal flips (use for CIFAR/ImageNet, not digits)",
     "randaugment": "add a RandAugment policy (2 ops, magnitude 0.5)",
-    "backbone": "resnet20 (or any resnet<6n+2>), resnet18 (CIFAR-style), resnet50 (keras.applications)",
-    "width": "first-stage filters of the CIFAR-style ResNets (standard: 16 for resnet20, 64 for resnet18)",
+    "backbone": "resnet20 (or any resnet<6n+2>), resnet18 (CIFAR-style), "
+    "resnet50 (keras.applications)",
+    "width": "first-stage filters of the CIFAR-style ResNets (standard: 16 for resnet20, "
+    "64 for resnet18)",
     "head": f"one of {', '.join(HEADS)}",
     "label_smoothing": "strength for the *label_smoothing heads",
     "dropout": "dropout rate before the last layer, for the dropout head",
     "target_entropy": "ERA entropy floor in nats (see era_keras.entropy_floor)",
-    "era_floor": "tight: the minimum entropy equals the target; paper: the authors' C = exp(H0 - 1)",
+    "era_floor": "tight: the minimum entropy equals the target; "
+    "paper: the authors' C = exp(H0 - 1)",
     "era_inverse": "exact W_-1 or the authors' approximation",
-    "era_at_inference": "serve the ERA floor's probabilities (else plain softmax; argmax is the same)",
+    "era_at_inference": "serve the ERA floor's probabilities "
+    "(else plain softmax; argmax is the same)",
     "batch_size": "global batch size, across replicas",
     "steps_per_epoch": "default: one pass over the training split",
     "optimizer": f"one of {', '.join(OPTIMIZERS)}",
@@ -44,7 +49,8 @@ HELP = {
     "strategy": f"tf.distribute strategy: one of {', '.join(STRATEGIES)}",
     "run_dir": "checkpoints, config and outputs; rerun with the same --run-dir to resume",
     "tracking_uri": "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
-    "calibrate": "fit a softmax temperature on the validation split; served probabilities use it",
+    "calibrate": "serve probabilities scaled by the temperature fitted on the validation "
+    "split (it is always fitted and logged; off: the export serves what was trained)",
     "export_base": "TF Serving base directory (default: <run_dir>/serving)",
     "log_model": "log the Keras model with its signature to MLflow",
     "verbose": "Keras progress: auto, 0, 1 (bar), 2 (a line per epoch)",

@@ -65,7 +65,9 @@ def backbone_problems(name, input_shape=None, width=None):
     if name == "resnet50":
         problems = []
         if width is not None:
-            problems.append("width applies to the CIFAR-style ResNets, not resnet50 (use --width none)")
+            problems.append(
+                "width applies to the CIFAR-style ResNets, not resnet50 (use --width none)"
+            )
         if input_shape is not None and min(input_shape[:2]) < 32:
             problems.append(
                 f"resnet50 needs images of at least 32x32 (got {tuple(input_shape[:2])}); set "

@@ -99,7 +99,9 @@ class ImageConfig:
         problems.at_least("batch_size", self.batch_size, 1)
         if self.steps_per_epoch is not None:
             problems.at_least("steps_per_epoch", self.steps_per_epoch, 1)
-        problems.check(self.learning_rate > 0, f"learning_rate must be > 0 (got {self.learning_rate})")
+        problems.check(
+            self.learning_rate > 0, f"learning_rate must be > 0 (got {self.learning_rate})"
+        )
         problems.at_least("weight_decay", self.weight_decay, 0)
         problems.at_least("warmup_epochs", self.warmup_epochs, 0)
         problems.at_least("crop_padding", self.crop_padding, 0)

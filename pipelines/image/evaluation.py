@@ -49,7 +49,8 @@ def classification_metrics(logits, labels, temperature=1.0):
 
 def named(split, metrics, suffix=""):
     """classification_metrics -> project names: {"eval/val_top1": ..., "entropy/val_min": ...}."""
-    evaluation = {f"{split}_{k}{suffix}": v for k, v in metrics.items() if not k.startswith("entropy_")}
+    evaluation = {f"{split}_{k}{suffix}": v
+                  for k, v in metrics.items() if not k.startswith("entropy_")}
     entropy = {f"{split}_{k[len('entropy_'):]}{suffix}": v
                for k, v in metrics.items() if k.startswith("entropy_")}
     return {**grouped("eval", evaluation), **grouped("entropy", entropy)}

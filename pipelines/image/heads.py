@@ -13,9 +13,9 @@ of the "logits" layer. The argmax is the same either way.
 
 import dataclasses
 
-import era_keras
 import keras
 
+import era_keras
 from pipelines.common.config import Problems
 
 HEADS = ("softmax", "label_smoothing", "dropout", "era", "era_label_smoothing")

@@ -74,8 +74,12 @@ RECIPES = {
 # What the paper reports for each (arXiv 2510.08549); not reproduced here (no such data
 # or hardware on the machines this project is tested on).
 REPORTED = {
-    "cifar10-resnet50": "ERA above label smoothing at every smoothing strength tried, and above dropout",
-    "imagenet-resnet50": "top-1 accuracy +0.69 percentage points over the same ResNet-50 without ERA",
+    "cifar10-resnet50": (
+        "ERA above label smoothing at every smoothing strength tried, and above dropout"
+    ),
+    "imagenet-resnet50": (
+        "top-1 accuracy +0.69 percentage points over the same ResNet-50 without ERA"
+    ),
 }
 
 

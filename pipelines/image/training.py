@@ -219,7 +219,8 @@ def _train(config):
         initial_epoch = checkpoints.restore(model)
     if chief and run_dir.resumed:
         run_dir.announce_resume(
-            f"epoch {initial_epoch}" if initial_epoch else "the start (no checkpoint was written yet)"
+            f"epoch {initial_epoch}" if initial_epoch
+            else "the start (no checkpoint was written yet)"
         )
 
     tracked = (tracking.tracked_run(config.experiment, config, run_dir.path, config.tracking_uri,
@@ -336,7 +337,9 @@ def finish(config, run, run_dir, model, head, inputs):
         _log_keras_model(model, inputs.validation, metadata)
     export_base = config.export_base or str(run_dir / "serving")
     model_name = config.model_name or f"{config.dataset}_{config.backbone}_{config.head}"
-    export_dir = export.export_for_serving(model, export_base, model_name, info.image_shape, metadata)
+    export_dir = export.export_for_serving(
+        model, export_base, model_name, info.image_shape, metadata
+    )
     # The SavedModel also goes to the run, so `python -m pipelines.export --run-id` finds it.
     mlflow.log_artifacts(str(export_dir), "saved_model")
     mlflow.log_dict(metadata, "serving_metadata.json")

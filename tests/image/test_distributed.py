@@ -107,7 +107,8 @@ def test_multi_worker_mirrored_two_local_workers_and_only_the_chief_writes(
     for index in range(2):
         run_dir = tmp_path / f"run-{index}"
         env = {**os.environ, "PYTHONPATH": str(REPO),
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+               "TF_CONFIG": json.dumps(
+                   {"cluster": cluster, "task": {"type": "worker", "index": index}}),
                "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / f'mlflow-{index}.db'}"}
         env.pop("MLFLOW_EXPERIMENT_ID", None)
         log = open(tmp_path / f"worker-{index}.log", "w")

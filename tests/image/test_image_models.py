@@ -71,7 +71,8 @@ def test_era_off_at_inference_serves_plain_logits_but_trains_with_the_floor():
 
 
 def test_heads_set_loss_and_dropout():
-    assert head_loss(HeadConfig(kind="era_label_smoothing", label_smoothing=0.2)).label_smoothing == 0.2
+    era_ls = HeadConfig(kind="era_label_smoothing", label_smoothing=0.2)
+    assert head_loss(era_ls).label_smoothing == 0.2
     assert head_loss(HeadConfig(kind="era")).label_smoothing == 0.0
     assert head_loss(HeadConfig(kind="label_smoothing", label_smoothing=0.1)).label_smoothing == 0.1
     dropout = _head_model(HeadConfig(kind="dropout", dropout=0.3)).get_layer("dropout")
@@ -81,7 +82,8 @@ def test_heads_set_loss_and_dropout():
 
 
 @pytest.mark.parametrize(
-    "target, floor, limit", [(2.5, "tight", "2.3026"), (2.3, "paper", "2.2429"), (0.0, "tight", "0.0000")]
+    "target, floor, limit",
+    [(2.5, "tight", "2.3026"), (2.3, "paper", "2.2429"), (0.0, "tight", "0.0000")],
 )
 def test_bad_era_target_gives_the_admissible_range(target, floor, limit):
     head = HeadConfig(kind="era", target_entropy=target, era_floor=floor)

@@ -54,7 +54,8 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path, capsys
     for got, want in zip(_weights(restored), _weights(first)):
         np.testing.assert_array_equal(got, want)
     err = capsys.readouterr().err
-    assert f"warning: checkpoint {'weights' if 'weights' in damage else 'metadata'} {damaged}" in err
+    what = "weights" if "weights" in damage else "metadata"
+    assert f"warning: checkpoint {what} {damaged}" in err
     assert "falling back to the previous checkpoint" in err
 
 
@@ -97,8 +98,9 @@ def test_a_run_whose_only_checkpoint_is_damaged_stops_with_one_line(
     tracking_uri, tmp_path, offline_data_dir, capsys
 ):
     run_dir = tmp_path / "run"
-    args = ["--dataset", "sklearn_digits", "--data-dir", offline_data_dir, "--run-dir", str(run_dir),
-            "--backbone", "resnet8", "--width", "4", "--epochs", "1", "--steps-per-epoch", "1",
+    args = ["--dataset", "sklearn_digits", "--data-dir", offline_data_dir,
+            "--run-dir", str(run_dir), "--backbone", "resnet8", "--width", "4",
+            "--epochs", "1", "--steps-per-epoch", "1",
             "--batch-size", "32", "--no-log-model", "--verbose", "0"]
     assert run_cli(cli.main, args) == 0
     _unfinish(run_dir)

@@ -1,8 +1,8 @@
 """The clients against a live `mlflow models serve` of a logged SavedModel (loopback)."""
 
 import os
-import re
 import pathlib
+import re
 import socket
 import subprocess
 import sys

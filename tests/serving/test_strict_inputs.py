@@ -88,10 +88,12 @@ def test_an_8x8_model_refuses_28x28_images(tmp_path):
 
     keras.utils.set_random_seed(0)
     images = keras.Input((8, 8, 1))
-    model = keras.Model(images, keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(images)))
+    logits = keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(images))
+    model = keras.Model(images, logits)
     metadata = serving_metadata(HeadConfig(kind="softmax"), 1.0, (8, 8, 1), list("0123456789"))
     path = export_for_serving(model, tmp_path, "digits", (8, 8, 1), metadata)
-    with pytest.raises(InputSpecError, match=r"must be uint8 \[-1, 8, 8, 1\], got uint8 \[3, 28, 28, 1\]"):
+    expected = r"must be uint8 \[-1, 8, 8, 1\], got uint8 \[3, 28, 28, 1\]"
+    with pytest.raises(InputSpecError, match=expected):
         SignatureRunner(path)({"images": np.zeros((3, 28, 28, 1), np.uint8)})
     import tensorflow as tf
 
