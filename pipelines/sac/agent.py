@@ -255,7 +255,10 @@ def make_agent(config, time_step_spec, action_spec, train_step_counter=None):
     if train_step_counter is None:
         train_step_counter = tf.Variable(0, dtype=tf.int64, name="train_step")
     action_dim = action_spec.shape.num_elements()
-    critic = networks.CriticNetwork((observation_spec, action_spec), config.hidden_sizes)
+    critic = networks.CriticNetwork(
+        (observation_spec, action_spec), config.hidden_sizes,
+        layer_norm=config.critic_layer_norm, activation=config.activation,
+    )
     common_kwargs = dict(
         time_step_spec=time_step_spec,
         action_spec=action_spec,
@@ -276,6 +279,7 @@ def make_agent(config, time_step_spec, action_spec, train_step_counter=None):
             observation_spec,
             action_spec,
             config.hidden_sizes,
+            activation=config.activation,
             target_entropy_per_dim=config.target_entropy_per_dim,
             squash=config.squash,
             delta=config.delta,
@@ -291,7 +295,9 @@ def make_agent(config, time_step_spec, action_spec, train_step_counter=None):
             executed_target_entropy=executed_target(config, action_dim),
             **common_kwargs,
         )
-    actor = networks.sac_actor_network(observation_spec, action_spec, config.hidden_sizes)
+    actor = networks.sac_actor_network(
+        observation_spec, action_spec, config.hidden_sizes, activation=config.activation
+    )
     return SacAgent(
         actor_network=actor,
         alpha_optimizer=tf.keras.optimizers.Adam(config.alpha_lr),

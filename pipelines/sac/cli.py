@@ -6,7 +6,9 @@ import sys
 
 from pipelines.common.cli import add_config_flags, given_config_flags
 from pipelines.common.errors import run_cli
-from pipelines.sac.config import AGENTS, PRESETS, SQUASHES, SacConfig, from_preset
+from pipelines.sac.config import (
+    ACTIVATIONS, AGENTS, PRESETS, SQUASHES, SacConfig, from_preset,
+)
 
 
 def _check_environment():
@@ -31,6 +33,9 @@ HELP = {
     "initial_log_alpha": "standard SAC: log(alpha_0)",
     "env": "gymnasium id, DMC '<domain>-<task>', or '<module>:<id>'",
     "run_dir": "claimed once the settings are valid; running again resumes it",
+    "num_envs": "environments stepped together; updates_per_step updates per env step",
+    "activation": "hidden layers of actor and critic ('relu': as Stable-Baselines3)",
+    "critic_layer_norm": "LayerNorm after each critic hidden layer (the authors')",
 }
 
 
@@ -47,7 +52,8 @@ def build_parser():
                         help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--run-name", default=None, help="MLflow run name")
     add_config_flags(parser, SacConfig, help_texts=HELP,
-                     choices={"agent": AGENTS, "squash": SQUASHES},
+                     choices={"agent": AGENTS, "squash": SQUASHES,
+                              "activation": ACTIVATIONS},
                      default_label="paper default")
     return parser
 

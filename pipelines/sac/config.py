@@ -12,6 +12,7 @@ from pipelines.common.errors import UserError
 
 AGENTS = ("era", "sac")
 SQUASHES = ("tanh", "truncated")
+ACTIVATIONS = ("elu", "relu")
 
 
 @dataclasses.dataclass
@@ -44,6 +45,8 @@ class SacConfig:
 
     # Networks and optimisation
     hidden_sizes: tuple = (512, 512)
+    activation: str = "elu"  # hidden layers of actor and critic; "relu" as in SB3
+    critic_layer_norm: bool = True  # LayerNorm after each critic hidden layer (authors)
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
     alpha_lr: float = 3e-4
@@ -52,6 +55,7 @@ class SacConfig:
     tau: float = 0.005
     batch_size: int = 256
     updates_per_step: int = 2
+    num_envs: int = 1  # environments stepped together; updates_per_step per env step
 
     # Data
     total_env_steps: int = 1_000_000
@@ -101,8 +105,9 @@ def check_config(config):
     problems = Problems("SAC settings")
     problems.choice("agent", config.agent, AGENTS)
     problems.choice("squash", config.squash, SQUASHES)
+    problems.choice("activation", config.activation, ACTIVATIONS)
     positive = (
-        "action_repeat", "batch_size", "updates_per_step", "total_env_steps",
+        "action_repeat", "batch_size", "updates_per_step", "num_envs", "total_env_steps",
         "buffer_size", "eval_every", "eval_episodes", "log_every", "checkpoint_every",
         "entropy_samples",
     )

@@ -128,25 +128,26 @@ class ERAProjectionNetwork(network.DistributionNetwork):
         return self.output_spec.build_distribution(loc=mu, scale=std), ()
 
 
-def era_actor_network(observation_spec, action_spec, hidden_sizes, **era_kwargs):
-    """ELU MLP + ERA projection: TF-Agents' ActorDistributionNetwork with ERA as its head."""
+def era_actor_network(observation_spec, action_spec, hidden_sizes, activation="elu",
+                      **era_kwargs):
+    """MLP (ELU by default) + ERA projection: TF-Agents' ActorDistributionNetwork, ERA head."""
     return actor_distribution_network.ActorDistributionNetwork(
         observation_spec,
         action_spec,
         fc_layer_params=tuple(hidden_sizes),
-        activation_fn=tf.keras.activations.elu,
+        activation_fn=tf.keras.activations.get(activation),
         continuous_projection_net=lambda spec: ERAProjectionNetwork(spec, **era_kwargs),
     )
 
 
-def sac_actor_network(observation_spec, action_spec, hidden_sizes):
+def sac_actor_network(observation_spec, action_spec, hidden_sizes, activation="elu"):
     """The same MLP with TF-Agents' standard SAC head (tanh-Gaussian, clipped log std)."""
     check_unit_action_spec(action_spec)
     return actor_distribution_network.ActorDistributionNetwork(
         observation_spec,
         action_spec,
         fc_layer_params=tuple(hidden_sizes),
-        activation_fn=tf.keras.activations.elu,
+        activation_fn=tf.keras.activations.get(activation),
         continuous_projection_net=lambda spec: (
             tanh_normal_projection_network.TanhNormalProjectionNetwork(
                 spec, std_transform=sac_agent.std_clip_transform
@@ -163,17 +164,21 @@ def era_head(actor_network):
 
 
 class CriticNetwork(network.Network):
-    """Q(s, a): concat -> [Dense -> LayerNorm -> ELU] per hidden size -> Dense(1)."""
+    """Q(s, a): concat -> [Dense -> LayerNorm -> ELU] per hidden size -> Dense(1).
 
-    def __init__(self, input_tensor_spec, hidden_sizes, name="CriticNetwork"):
+    `layer_norm=False, activation="relu"` gives the plain MLP critic of Stable-Baselines3
+    and most SAC code (used for like-for-like speed comparisons).
+    """
+
+    def __init__(self, input_tensor_spec, hidden_sizes, layer_norm=True, activation="elu",
+                 name="CriticNetwork"):
         super().__init__(input_tensor_spec=input_tensor_spec, state_spec=(), name=name)
         self._hidden_layers = []
         for size in hidden_sizes:
-            self._hidden_layers += [
-                tf.keras.layers.Dense(size),
-                tf.keras.layers.LayerNormalization(),
-                tf.keras.layers.Activation("elu"),
-            ]
+            self._hidden_layers.append(tf.keras.layers.Dense(size))
+            if layer_norm:
+                self._hidden_layers.append(tf.keras.layers.LayerNormalization())
+            self._hidden_layers.append(tf.keras.layers.Activation(activation))
         self._q_value_layer = tf.keras.layers.Dense(1, name="q_value")
 
     def call(self, inputs, step_type=(), network_state=(), training=False):

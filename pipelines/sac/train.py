@@ -1,8 +1,10 @@
-"""The SAC training loop: collect with a TF-Agents driver, train from transition replay,
-evaluate the deterministic policy, checkpoint everything, track in MLflow, export.
+"""The SAC training loop: collect from `num_envs` environments, train from transition
+replay, evaluate the deterministic policy, checkpoint everything, track in MLflow, export.
 
-One iteration = one environment step (random actions for the first `warmup_steps`), then
-`updates_per_step` gradient steps. The run directory follows the contract of
+One iteration = one step of every environment (random actions for the first
+`warmup_steps` env steps), then `updates_per_step` gradient steps per env step.
+`loop.CollectAndUpdate` runs whole chunks of iterations in one compiled call; Python
+takes over only at the log / eval / checkpoint boundaries. The run directory follows the contract of
 `pipelines.common.run_dir`: it is claimed only once the settings are known to be valid
 (the environment exists, the entropy targets are reachable with its action dimension).
 Everything a killed run needs is in `checkpoint.py`'s checkpoints (two kept); starting
@@ -16,19 +18,16 @@ import warnings
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.util import deprecation
-from tf_agents.drivers import dynamic_step_driver
-from tf_agents.environments import tf_py_environment
+from tf_agents.environments import batched_py_environment, tf_py_environment
 from tf_agents.eval import metric_utils
 from tf_agents.metrics import tf_metrics
-from tf_agents.policies import greedy_policy, random_tf_policy
-from tf_agents.utils import common
+from tf_agents.policies import greedy_policy
 
 from pipelines.common import tracking
 from pipelines.common.config import Problems
 from pipelines.common.metrics import grouped, metric_history
 from pipelines.common.run_dir import RunDir
-from pipelines.sac import checkpoint, entropy, envs, networks, replay
+from pipelines.sac import checkpoint, entropy, envs, loop, networks, replay
 from pipelines.sac.agent import ERASacAgent, make_agent
 from pipelines.sac.export import export_policy
 
@@ -56,9 +55,15 @@ class SacRun:
     def __init__(self, config):
         self.config = config
         tf.keras.utils.set_random_seed(config.seed)
+        # Environment i is seeded seed + i. Stepped one after another in this process:
+        # on a CPU the env step is well under 1% of an iteration, so threads or processes
+        # would only add overhead (and contend with the update for the same cores).
         self.env = tf_py_environment.TFPyEnvironment(
-            envs.load_environment(
-                config.env, config.seed, config.action_repeat, config.time_limit
+            batched_py_environment.BatchedPyEnvironment(
+                [envs.load_environment(config.env, config.seed + index,
+                                       config.action_repeat, config.time_limit)
+                 for index in range(config.num_envs)],
+                multithreading=False,
             )
         )
         action_dim = self.env.action_spec().shape.num_elements()
@@ -80,39 +85,25 @@ class SacRun:
         )
         self.agent.initialize()
         self.is_era = isinstance(self.agent, ERASacAgent)
-        self.buffer = replay.transition_buffer(self.agent, config.buffer_size)
+        self.replay = replay.TransitionReplay(
+            self.env.observation_spec(), self.env.action_spec(), config.buffer_size
+        )
         self.train_metrics = [
-            tf_metrics.AverageReturnMetric(buffer_size=10),
-            tf_metrics.AverageEpisodeLengthMetric(buffer_size=10),
+            tf_metrics.AverageReturnMetric(batch_size=config.num_envs, buffer_size=10),
+            tf_metrics.AverageEpisodeLengthMetric(batch_size=config.num_envs, buffer_size=10),
             # The best of the last 10 episodes: shows the first success on sparse tasks.
-            tf_metrics.MaxReturnMetric(buffer_size=10),
+            tf_metrics.MaxReturnMetric(batch_size=config.num_envs, buffer_size=10),
         ]
         self.checkpoint = tf.train.Checkpoint(
             agent=self.agent,
-            replay_buffer=self.buffer,
+            replay_buffer=self.replay,
             env_step=self.env_step,
             train_metrics=self.train_metrics,
         )
-
-        def driver(policy):
-            return common.function(
-                dynamic_step_driver.DynamicStepDriver(
-                    self.env,
-                    policy,
-                    observers=self.train_metrics,
-                    transition_observers=[replay.TransitionObserver(self.buffer)],
-                    num_steps=1,
-                ).run
-            )
-
-        self.collect_random = driver(
-            random_tf_policy.RandomTFPolicy(
-                self.env.time_step_spec(), self.env.action_spec()
-            )
+        self.loop = loop.CollectAndUpdate(
+            self.env, self.agent, self.replay, self.train_metrics, self.env_step,
+            batch_size=config.batch_size, updates_per_step=config.updates_per_step,
         )
-        self.collect = driver(self.agent.collect_policy)
-        self.train_step = common.function(self.agent.train)
-        self.batches = None
         self.checkpoints = None
         self.eval_metrics = None
 
@@ -127,13 +118,6 @@ class SacRun:
 
     def save(self):
         self.checkpoints.save(checkpoint_number=int(self.env_step.numpy()))
-
-    def sample(self):
-        if self.batches is None:
-            # TF-Agents' own as_dataset calls its deprecated get_next; that warning is not ours.
-            with deprecation.silence():
-                self.batches = replay.sample_batches(self.buffer, self.config.batch_size)
-        return next(self.batches)
 
     def policy_statistics(self, batch):
         """Entropies of the current policy on a replay batch (same rule for both agents)."""
@@ -244,16 +228,19 @@ def train(config, tracking_uri=None, run_name=None):
                 "train": int(run.agent.train_step_counter.numpy())}
         metrics, loss_info = {}, None
         while int(run.env_step.numpy()) < config.total_env_steps:
+            previous = int(run.env_step.numpy())
+            env_steps, warming_up = loop.next_chunk(previous, config)
+            if warming_up:
+                run.loop.collect_random(env_steps)
+            else:
+                loss_info = run.loop.run(env_steps)
             step = int(run.env_step.numpy())
-            (run.collect_random if step < config.warmup_steps else run.collect)()
-            run.env_step.assign_add(1)
-            step += 1
-            if step > config.warmup_steps:
-                for _ in range(config.updates_per_step):
-                    loss_info = run.train_step(run.sample())
-            progress.update(1)
+            progress.update(step - previous)
 
-            if step % config.log_every == 0 or step == config.total_env_steps:
+            def reached(every):
+                return step // every > previous // every or step >= config.total_env_steps
+
+            if reached(config.log_every):
                 now = time.perf_counter()
                 train_steps = int(run.agent.train_step_counter.numpy())
                 metrics = {
@@ -262,15 +249,15 @@ def train(config, tracking_uri=None, run_name=None):
                         "episode_length": run.train_metrics[1].result(),
                         # None (not logged) before the first episode ends: max of nothing.
                         "max_return": finite_or_none(run.train_metrics[2].result()),
-                        "replay_size": run.buffer.num_frames(),
+                        "replay_size": run.replay.size(),
                     }),
                     **grouped("perf", {
                         "env_steps_per_s": (step - last["env"]) / (now - last["time"]),
                         "grad_steps_per_s": (train_steps - last["train"]) / (now - last["time"]),
                     }),
                 }
-                if int(run.buffer.num_frames()) >= config.batch_size:
-                    metrics.update(run.policy_statistics(run.sample()))
+                if int(run.replay.size()) >= config.batch_size:
+                    metrics.update(run.policy_statistics(run.replay.sample(config.batch_size)))
                 if step > config.warmup_steps and "entropy/executed" in metrics:
                     shortfall = watch.observe(step, metrics["entropy/executed"],
                                               metrics["entropy/executed_target"])
@@ -282,12 +269,12 @@ def train(config, tracking_uri=None, run_name=None):
                 progress.set_postfix({"return": f"{metrics['train/return']:.1f}",
                                       "entropy": f"{metrics.get('entropy/executed', np.nan):.2f}"})
                 last = {"time": time.perf_counter(), "env": step, "train": train_steps}
-            if step % config.eval_every == 0 or step == config.total_env_steps:
+            if reached(config.eval_every):
                 evaluation = run.evaluate()
                 mlflow.log_metrics(evaluation, step=step)
                 metrics.update(evaluation)
                 last["time"] = time.perf_counter()  # evaluation is not training time
-            if step % config.checkpoint_every == 0 or step == config.total_env_steps:
+            if reached(config.checkpoint_every):
                 run.save()
         progress.close()
 

@@ -142,16 +142,15 @@ def test_standard_sac_tunes_alpha_towards_its_target(tmp_path, tracking_uri):
 def test_replay_holds_only_real_transitions(tmp_path):
     config = SacConfig(env="Pendulum-v1", time_limit=10, run_dir=str(tmp_path / "run"), **TINY)
     run = SacRun(config)
-    for _ in range(55):
-        run.collect_random()
-    stored = run.buffer.gather_all()
-    assert int(run.buffer.num_frames()) == 55  # resets are extra driver steps, not stored
-    assert not np.any(stored.time_step.is_last().numpy())
+    run.loop.collect_random(55)
+    stored = run.replay.stored()
+    # Resets are extra env calls that store nothing and count as no env step.
+    assert int(run.replay.size()) == 55 == int(run.env_step.numpy())
     # Within a stored transition, s' really follows s: Pendulum's cos/sin stay on the circle
     # and the angle moves by at most max speed * dt.
-    theta = np.arctan2(stored.time_step.observation[0, :, 1], stored.time_step.observation[0, :, 0])
-    theta_next = np.arctan2(stored.next_time_step.observation[0, :, 1],
-                            stored.next_time_step.observation[0, :, 0])
+    theta = np.arctan2(stored.time_step.observation[:, 1], stored.time_step.observation[:, 0])
+    theta_next = np.arctan2(stored.next_time_step.observation[:, 1],
+                            stored.next_time_step.observation[:, 0])
     jump = np.abs(np.angle(np.exp(1j * (theta_next - theta))))
     assert np.all(jump <= 8.0 * 0.05 + 1e-4)
 
