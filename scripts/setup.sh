@@ -18,5 +18,9 @@ if [ -f "$stamp" ]; then exit 0; fi
 # versions above when installed without its metadata; it imports gym at import time, so
 # gym 0.23 comes too (gymnasium is what the environments really use).
 .venv/bin/python -m pip install -q --no-deps tf-agents==0.19.0 gym==0.23.0 gym-notices==0.1.0
+# SBX (benchmarks only): without its tfp-nightly requirement, which would replace
+# tensorflow-probability 0.25; the SBX benchmark worker finds tfp-nightly in .venv/sbx-tfp.
+.venv/bin/python -m pip install -q --no-deps sbx-rl==0.28.0
+.venv/bin/python -m pip install -q --no-deps --target .venv/sbx-tfp tfp-nightly==0.26.0.dev20261027
 rm -f .venv/.era-setup-*
 touch "$stamp"

@@ -7,7 +7,12 @@ import sys
 from pipelines.common.cli import add_config_flags, given_config_flags
 from pipelines.common.errors import run_cli
 from pipelines.sac.config import (
-    ACTIVATIONS, AGENTS, PRESETS, SQUASHES, SacConfig, from_preset,
+    ACTIVATIONS,
+    AGENTS,
+    PRESETS,
+    SQUASHES,
+    SacConfig,
+    from_preset,
 )
 
 

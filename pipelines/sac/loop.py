@@ -18,7 +18,6 @@ import tensorflow as tf
 from tf_agents.policies import random_tf_policy
 from tf_agents.trajectories import trajectory
 
-
 # Env steps per compiled call at most: long enough that Python's share is negligible,
 # short enough that the progress bar moves.
 MAX_CHUNK = 100

@@ -2,12 +2,13 @@
 
 TF-Agents' usual SAC input pipeline stores time steps and samples pairs with
 `as_dataset(num_steps=2)`; a pair that straddles two episodes must then be filtered out,
-which cost ~40% of training throughput here (108 vs 180 grad steps/s), and every batch is a round trip through a
-tf.data iterator. This buffer stores whole transitions, so every stored row is a valid
-(s, a, r, s'), and keeps them in a ring of tf.Variables: `sample` is a
-`tf.random.uniform` + gather that runs inside the (XLA-compiled) update, with no Python
-and no iterator between updates. The variables are the checkpoint: a tf.train.Checkpoint
-of the buffer restores every stored transition and the write position exactly.
+which cost ~40% of training throughput here (108 vs 180 grad steps/s), and every batch
+is a round trip through a tf.data iterator. This buffer stores whole transitions, so
+every stored row is a valid (s, a, r, s'), and keeps them in a ring of tf.Variables:
+`sample` is a `tf.random.uniform` + gather that runs inside the (XLA-compiled) update,
+with no Python and no iterator between updates. The variables are the checkpoint: a
+tf.train.Checkpoint of the buffer restores every stored transition and the write
+position exactly.
 
 What is never stored: the step from an episode's LAST time step to the next episode's
 FIRST one (an auto-reset, not an environment transition). With several environments

@@ -203,6 +203,12 @@ def log_learning_curves(run_id):
     return curves
 
 
+def reached(previous, step, every, config):
+    """Whether going from env step `previous` to `step` passed a multiple of `every`
+    (or reached the end of the run)."""
+    return step // every > previous // every or step >= config.total_env_steps
+
+
 def train(config, tracking_uri=None, run_name=None):
     """Train (or resume) one run; returns a dict of final metrics and paths.
 
@@ -237,10 +243,7 @@ def train(config, tracking_uri=None, run_name=None):
             step = int(run.env_step.numpy())
             progress.update(step - previous)
 
-            def reached(every):
-                return step // every > previous // every or step >= config.total_env_steps
-
-            if reached(config.log_every):
+            if reached(previous, step, config.log_every, config):
                 now = time.perf_counter()
                 train_steps = int(run.agent.train_step_counter.numpy())
                 metrics = {
@@ -269,12 +272,12 @@ def train(config, tracking_uri=None, run_name=None):
                 progress.set_postfix({"return": f"{metrics['train/return']:.1f}",
                                       "entropy": f"{metrics.get('entropy/executed', np.nan):.2f}"})
                 last = {"time": time.perf_counter(), "env": step, "train": train_steps}
-            if reached(config.eval_every):
+            if reached(previous, step, config.eval_every, config):
                 evaluation = run.evaluate()
                 mlflow.log_metrics(evaluation, step=step)
                 metrics.update(evaluation)
                 last["time"] = time.perf_counter()  # evaluation is not training time
-            if reached(config.checkpoint_every):
+            if reached(previous, step, config.checkpoint_every, config):
                 run.save()
         progress.close()
 
