@@ -8,10 +8,11 @@ does many iterations in ONE tf.function call: the policy, the environment step (
 the episode metrics and the updates all stay in the graph, and Python sees the loop only
 between chunks (logging, evaluation, checkpoints).
 
-The update is one `tf.function(jit_compile=True)`: an in-graph replay sample (a uniform
-gather from `replay.TransitionReplay`) followed by the agent's own `train` (critic, actor,
-alpha or delta, target networks). XLA fuses the whole step; it is what makes the loop
-faster than Stable-Baselines3 on one core (docs/sac.md, "Speed").
+The updates are one `tf.function(jit_compile=True)`: a loop of (in-graph replay sample, a
+uniform gather from `replay.TransitionReplay`; the agent's own `train`: critic, actor,
+alpha or delta, target networks). XLA fuses each step and runs the loop itself, so no
+Python, no tf.data iterator and no graph-executor hop sits between two updates
+(docs/sac.md, "Speed").
 """
 
 import tensorflow as tf
@@ -68,17 +69,16 @@ class CollectAndUpdate:
         self.env_step = env_step
         self.batch_size = int(batch_size)
         self.updates_per_step = int(updates_per_step)
+        self._loss_info_spec = None
         self.random_policy = random_tf_policy.RandomTFPolicy(
             env.time_step_spec(), env.action_spec()
         )
-        self.update = tf.function(self._update, jit_compile=jit_compile)
-        self._collect_random = tf.function(
-            lambda env_steps: self._loop(self.random_policy, env_steps, update=False))
-        self._collect_policy = tf.function(
-            lambda env_steps: self._loop(agent.collect_policy, env_steps, update=False))
-        self._collect_and_update = tf.function(
-            lambda env_steps: self._loop(agent.collect_policy, env_steps, update=True))
-        self._train = tf.function(self._updates)
+        # One XLA computation for a whole run of updates (a while loop inside XLA), so
+        # nothing but a loop counter sits between two updates.
+        self._train = tf.function(self._updates, jit_compile=jit_compile)
+        self._collect_random = tf.function(self._random_steps)
+        self._collect_policy = tf.function(self._policy_steps)
+        self._collect_and_update = tf.function(self._policy_steps_and_updates)
 
     def collect_random(self, env_steps=1):
         """At least `env_steps` env steps with uniform random actions, no updates."""
@@ -111,20 +111,30 @@ class CollectAndUpdate:
         return next_time_step, stored
 
     def _update(self):
+        """One gradient step: a uniform replay sample, then the agent's own train step."""
         return self.agent.train(self.replay.sample(self.batch_size))
 
     def _zero_loss_info(self):
         # Loop variables need a value before the loop: zeros shaped like the LossInfo.
-        return tf.nest.map_structure(
-            lambda spec: tf.zeros(spec.shape, spec.dtype),
-            self.update.get_concrete_function().structured_outputs,
-        )
+        if self._loss_info_spec is None:
+            self._loss_info_spec = tf.function(self._update).get_concrete_function(
+            ).structured_outputs
+        return tf.nest.map_structure(_zeros_like, self._loss_info_spec)
 
     def _updates(self, count):
         loss_info = self._zero_loss_info()
         for _ in tf.range(count):
-            loss_info = self.update()
+            loss_info = self._update()
         return loss_info
+
+    def _random_steps(self, env_steps):
+        return self._loop(self.random_policy, env_steps, update=False)
+
+    def _policy_steps(self, env_steps):
+        return self._loop(self.agent.collect_policy, env_steps, update=False)
+
+    def _policy_steps_and_updates(self, env_steps):
+        return self._loop(self.agent.collect_policy, env_steps, update=True)
 
     def _loop(self, policy, env_steps, update):
         loss_info = self._zero_loss_info() if update else ()
@@ -135,5 +145,9 @@ class CollectAndUpdate:
             done += stored
             self.env_step.assign_add(stored)
             if update:
-                loss_info = self._updates(stored * self.updates_per_step)
+                loss_info = self._train(stored * self.updates_per_step)
         return loss_info
+
+
+def _zeros_like(spec):
+    return tf.zeros(spec.shape, spec.dtype)
