@@ -11,7 +11,7 @@ scripts/setup.sh
 marker="not slow"
 if [ "${1:-}" = "--all" ]; then marker="slow or not slow"; shift; fi
 export PYTHONHASHSEED=0 TF_CPP_MIN_LOG_LEVEL=2
-.venv/bin/ruff check era_keras benchmarks tests/era_keras tests/*.py
+.venv/bin/ruff check .
 status=0
 KERAS_BACKEND=tensorflow .venv/bin/python -m pytest -m "$marker" --ignore=tests/sac "$@" || status=1
 # TF-Agents needs tf.keras to be Keras 2 (TF_USE_LEGACY_KERAS=1, set by tests/sac/conftest.py)

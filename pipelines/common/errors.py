@@ -9,7 +9,10 @@ import sys
 
 
 class UserError(Exception):
-    """A problem with what the user asked for; the message says what is wrong and what is allowed."""
+    """A problem with what the user asked for.
+
+    The message says what is wrong and what is allowed.
+    """
 
 
 class ConfigError(UserError, ValueError):
@@ -21,7 +24,10 @@ class ConfigError(UserError, ValueError):
 
 
 class CorruptCheckpointError(UserError):
-    """A checkpoint or run-dir file that cannot be read; the message names the file and the way out."""
+    """A checkpoint or run-dir file that cannot be read.
+
+    The message names the file and the way out.
+    """
 
 
 def run_cli(main, argv=None):

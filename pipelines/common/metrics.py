@@ -16,7 +16,11 @@ def metric_name(group, name):
 
 def grouped(group, values):
     """{"loss": 1.0} -> {"train/loss": 1.0}, dropping values that are None."""
-    return {metric_name(group, key): float(value) for key, value in values.items() if value is not None}
+    return {
+        metric_name(group, key): float(value)
+        for key, value in values.items()
+        if value is not None
+    }
 
 
 def metric_history(run_id, keys=None, client=None):

@@ -114,7 +114,9 @@ class RunDir:
             changed = self.differences(config, may_change)
             if changed:
                 details = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-                allowed = f" (only {', '.join(sorted(may_change))} may change)" if may_change else ""
+                allowed = ""
+                if may_change:
+                    allowed = f" (only {', '.join(sorted(may_change))} may change)"
                 raise UserError(
                     f"{self.path} holds a run with other settings ({details}); resume it with "
                     f"the same settings{allowed}, or give another --run-dir"

@@ -27,7 +27,9 @@ def test_a_new_directory_is_claimed_and_a_second_claim_resumes(tmp_path):
 def test_other_settings_are_refused_naming_every_field_that_differs(tmp_path):
     RunDir(tmp_path / "run").claim(Settings())
     with pytest.raises(UserError) as error:
-        RunDir(tmp_path / "run").claim(Settings(env="Hopper-v5", lr=1e-3), may_change={"total_steps"})
+        RunDir(tmp_path / "run").claim(
+            Settings(env="Hopper-v5", lr=1e-3), may_change={"total_steps"}
+        )
     message = str(error.value)
     assert "env: 'Pendulum-v1' -> 'Hopper-v5'" in message
     assert "lr: 0.0003 -> 0.001" in message

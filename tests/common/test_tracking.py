@@ -27,7 +27,8 @@ def test_artifacts_live_beside_the_sqlite_store_not_in_the_working_dir(
     workdir.mkdir()
     monkeypatch.chdir(workdir)
     with tracked_run("artifacts", {"a": 1}) as run:
-        log_curves({"loss/train": ([0, 1, 2], [3.0, 2.0, 1.5]), "acc": ([0, 1, 2], [0.1, 0.5, 0.7])},
+        log_curves({"loss/train": ([0, 1, 2], [3.0, 2.0, 1.5]),
+                    "acc": ([0, 1, 2], [0.1, 0.5, 0.7])},
                    "curves.png")
     artifact_dir = pathlib.Path(mlflow.MlflowClient(tracking_uri).get_run(
         run.info.run_id).info.artifact_uri.removeprefix("file://"))

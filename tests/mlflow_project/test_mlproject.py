@@ -3,10 +3,10 @@ import pathlib
 import shlex
 import subprocess
 import sys
-import tomllib
 
 import mlflow
 import pytest
+import tomllib
 from mlflow.projects._project_spec import load_project
 from mlflow.utils.environment import _PythonEnv
 
