@@ -3,9 +3,9 @@
 import os
 import pathlib
 import re
-import socket
 import subprocess
 import sys
+import time
 
 import mlflow
 import numpy as np
@@ -20,33 +20,41 @@ from serving.client import (
 from serving.mlflow_model import log_saved_model
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _wait_for_port(log_file, process, timeout=180):
+    """The port uvicorn reports once it listens (it was asked for port 0: no race)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", log_file.read_text())
+        if found:
+            return int(found.group(1))
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow models serve exited: {log_file.read_text()[-3000:]}")
+        time.sleep(0.5)
+    raise RuntimeError(f"mlflow models serve did not start: {log_file.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
 def served(era_classifier, tmp_path_factory):
-    """Log the ERA classifier's SavedModel to a tmp store and serve it on a free port."""
+    """Log the ERA classifier's SavedModel to a tmp store and serve it on port 0 (the OS
+    picks a free one; uvicorn reports which)."""
     workdir = tmp_path_factory.mktemp("mlflow_serving")
     tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.create_experiment("serving", artifact_location=str(workdir / "artifacts"))
     with mlflow.start_run(experiment_id=experiment):
         model_uri = log_saved_model(era_classifier.path).model_uri
-    port = _free_port()
     venv_bin = str(pathlib.Path(sys.executable).parent)  # the server runs uvicorn from here
     env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri,
                PATH=venv_bin + os.pathsep + os.environ.get("PATH", ""))
     log = open(workdir / "server.log", "w")
     server = subprocess.Popen(
         [os.path.join(venv_bin, "mlflow"), "models", "serve", "-m", model_uri,
-         "-h", "127.0.0.1", "-p", str(port), "--env-manager", "local"],
+         "-h", "127.0.0.1", "-p", "0", "--env-manager", "local"],
         cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
-    client = MlflowServingClient(f"http://127.0.0.1:{port}", timeout=60)
     try:
+        port = _wait_for_port(workdir / "server.log", server)
+        client = MlflowServingClient(f"http://127.0.0.1:{port}", timeout=60)
         client.wait_until_ready(timeout=180, process=server)
         yield client
     except Exception:
