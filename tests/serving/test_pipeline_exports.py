@@ -13,7 +13,7 @@ import pytest
 
 from pipelines import export as export_cli
 from serving.saved_model import signature_specs
-from serving.signature_runner import predict_standalone
+from serving.signature_runner import InputSpecError, SignatureRunner, predict_standalone
 
 
 def _run_module(module, *args, env=None, cwd=None):
@@ -49,6 +49,14 @@ def test_grpo_scoring_export_matches_keras_hub_model(tmp_path):
     padding_mask[1, 8:] = 0
     inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
 
+    # The servable states its full input spec (batch and time vary by design) and refuses
+    # a request of another rank or dtype, naming it.
+    specs, _ = signature_specs(base / "grpo_policy" / "1")
+    assert specs == {"token_ids": (np.dtype("int32"), (None, None)),
+                     "padding_mask": (np.dtype("int32"), (None, None))}
+    with pytest.raises(InputSpecError, match=r"input 'token_ids' must be int32 \[-1, -1\]"):
+        SignatureRunner(base / "grpo_policy" / "1")(
+            {"token_ids": token_ids[..., None], "padding_mask": padding_mask})
     served = predict_standalone(base / "grpo_policy" / "1", inputs)
     expected = scoring_function(causal_lm)(token_ids, padding_mask)
     for name in ("token_log_probs", "sequence_log_prob"):
