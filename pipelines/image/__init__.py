@@ -1,9 +1,10 @@
 """Image classification with ERA: TFDS -> CIFAR-style ResNet / ResNet-50 -> MLflow -> TF Serving.
 
-Modules, in the order a run uses them: `config` (ImageConfig), `offline_datasets` (TFDS
-builders over data that packages ship), `data` (tf.data pipelines), `backbones`, `heads`
-and `classifier` (the model), `training` (fit, resume, finish), `evaluation` (metrics),
-`export` (SavedModel for TF Serving). Run `python -m pipelines.image --help`.
+Modules, in the order a run uses them: `config` (ImageConfig) and `recipes` (the authors'
+ResNet-50 settings), `offline_datasets` (TFDS builders over data that packages ship),
+`data` (tf.data pipelines), `backbones`, `heads` and `classifier` (the model), `training`
+(strategy, fit, finish), `checkpoint` (per-epoch checkpoints and resume), `evaluation`
+(metrics), `export` (SavedModel for TF Serving). Run `python -m pipelines.image --help`.
 """
 
 from pipelines.image.config import ImageConfig
