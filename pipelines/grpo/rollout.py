@@ -115,6 +115,10 @@ class RolloutGenerator:
         token_ids = np.asarray(out["token_ids"]).astype("int32")
         padding_mask = np.asarray(out["padding_mask"]).astype(bool)
         response_mask = padding_mask & ~prompt_mask
+        # keras-hub fills the whole padded sequence, so a prompt shorter than
+        # max_prompt_tokens leaves room for more: keep the first max_new_tokens.
+        response_mask &= np.cumsum(response_mask, axis=1) <= self.max_new_tokens
+        padding_mask = prompt_mask | response_mask
         ended = (np.isin(token_ids, self.stop_token_ids) & response_mask).any(axis=1)
         return Rollout(list(prompts), token_ids, padding_mask, response_mask,
                        self.decode(token_ids, response_mask), ~ended)

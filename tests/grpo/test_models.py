@@ -37,6 +37,9 @@ def test_rollout_masks_cover_exactly_the_generated_tokens(tiny_lm):
     out = generator.generate(prompts, "train", seed=5)
     assert out.token_ids.shape == (2, 20)
     assert not (out.response_mask & prompt_mask).any()
+    # Prompts of 6-7 tokens leave 13 positions; a response keeps at most max_new_tokens.
+    assert out.response_lengths.max() <= 8
+    np.testing.assert_array_equal(out.padding_mask, prompt_mask | out.response_mask)
     for row in range(2):
         positions = np.flatnonzero(out.response_mask[row])
         start = prompt_mask[row].sum()
