@@ -158,8 +158,11 @@ def test_checkpoint_of_a_2x2_sharded_run_resumes_on_one_device(tmp_path):
 @pytest.mark.slow
 def test_checkpoint_of_a_one_device_run_resumes_sharded_on_1x4(tmp_path):
     saved, restored = _resume_across(tmp_path, "none", "model:1x4")
-    query = "s/transformer_layer_0/self_attention/query/kernel"
-    assert tuple(restored[query]) == ("model", "batch", "None")
+    # The "batch" axis has size 1 here, so only "model" splits: a quarter of the rows each.
+    query = "transformer_layer_0/self_attention/query/kernel"
+    assert restored[f"s/{query}"][0] == "model"
+    full = saved[f"next/w/{query}"].shape
+    assert tuple(restored[f"shard/{query}"]) == (full[0] // 4, *full[1:])
 
 
 @pytest.mark.slow
