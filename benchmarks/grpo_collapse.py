@@ -258,6 +258,10 @@ def plot(s, histories, path):
 def main():
     parser = common.parser(__doc__)
     parser.add_argument("--work-dir", default="/tmp/grpo_collapse")
+    parser.add_argument("--regimes", nargs="+", default=list(SETTINGS["regimes"]),
+                        help="which regimes this invocation runs (the settings stay fixed)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=SETTINGS["seeds"],
+                        help="which seeds this invocation runs (finished runs are read back)")
     args = parser.parse_args()
     common.pin(args.cpu)
     s = SETTINGS
@@ -266,7 +270,7 @@ def main():
     tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
     start = time.time()
     warm, results, histories = {}, {}, {}
-    order = [(seed, regime) for seed in s["seeds"] for regime in s["regimes"]]
+    order = [(seed, regime) for seed in args.seeds for regime in args.regimes]
     total = len(order) * len(s["arms"])
     done = 0
     for seed, regime in order:
