@@ -88,15 +88,21 @@ def save_checkpoint(run_dir, step, causal_lm, optimizer, state, keep=KEEP):
     return target
 
 
-def save_lora_base(run_dir, causal_lm):
-    """Keep the frozen base model of a LoRA run, once (before LoRA is enabled)."""
-    root = pathlib.Path(run_dir) / CHECKPOINTS
-    target, partial = root / LORA_BASE, root / f"{LORA_BASE}.partial"
+def save_preset_whole(causal_lm, target):
+    """Save a keras-hub preset to `target` via a `.partial` directory renamed into place,
+    so a kill never leaves half a preset where a resume would look for one."""
+    target = pathlib.Path(target)
+    partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     causal_lm.save_to_preset(str(partial))
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return target
+
+
+def save_lora_base(run_dir, causal_lm):
+    """Keep the frozen base model of a LoRA run, once (before LoRA is enabled)."""
+    return save_preset_whole(causal_lm, pathlib.Path(run_dir) / CHECKPOINTS / LORA_BASE)
 
 
 def _load(path):
@@ -158,13 +164,7 @@ def copy_policy(causal_lm):
 
 def save_reference(run_dir, reference):
     """Keep the KL reference policy in `<run_dir>/reference/` (written whole or not at all)."""
-    target = pathlib.Path(run_dir) / REFERENCE
-    partial = target.with_name(REFERENCE + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    reference.save_to_preset(str(partial))
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
-    return target
+    return save_preset_whole(reference, pathlib.Path(run_dir) / REFERENCE)
 
 
 def load_reference(run_dir):
