@@ -43,6 +43,7 @@ import argparse
 import os
 import pathlib
 import shlex
+import subprocess
 import sys
 
 import numpy as np
@@ -149,14 +150,26 @@ def command():
     return f"{prefix}.venv/bin/python {shlex.join([str(script), *sys.argv[1:]])}"
 
 
+def commit():
+    """The repository's commit (short hash, "+dirty" when the tree has changes)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True,
+                              text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def machine():
-    """One line: cores, pinning, versions of what is loaded, load average then and now."""
+    """One line: commit, cores, pinning, versions of what is loaded, load average then and
+    now."""
     versions = []
     for module in ("tensorflow", "keras", "jax", "torch"):
         if module in sys.modules:
             versions.append(f"{module} {getattr(sys.modules[module], '__version__', '?')}")
     pinning = f"pinned to core {_pinned}" if _pinned is not None else "not pinned"
     return "; ".join([
+        f"commit {commit()}",
         f"{os.cpu_count()} CPU cores shared with other work, {pinning}",
         *([", ".join(versions)] if versions else []),
         f"1-minute load average {_load_at_start:.1f} at the start, "

@@ -75,6 +75,7 @@ GOAL = {"MountainCarContinuous-v0": 90.0}  # gymnasium's "solved" return for the
 CURVES = ("eval/return", "train/max_return", "entropy/executed", "entropy/executed_target",
           "entropy/delta", "entropy/alpha")
 _lock = threading.Lock()
+COMMIT = common.commit()
 
 
 def command_for(task, arm, seed, run_dir):
@@ -109,6 +110,7 @@ def run_one(task, arm, seed, workdir):
         "task": task, "arm": arm, "seed": seed, "steps": STEPS,
         "final_return": result["eval/return"],
         "seconds": time.perf_counter() - started,
+        "commit": COMMIT,
         "command": shlex.join(command[1:]),
         "curves": curves,
     }
