@@ -151,13 +151,16 @@ def command():
 
 
 def commit():
-    """The repository's commit (short hash, "+dirty" when the tree has changes)."""
+    """The repository's commit (short hash, "+dirty" when code differs from it)."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True,
                               text=True).stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    # Results files change while benchmarks run; only changes to the code make a tree dirty.
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                  ":(exclude)benchmarks/results")
+    return head + ("+dirty" if changed else "")
 
 
 def machine():
