@@ -45,3 +45,29 @@ def test_results_file_has_command_and_machine_and_keeps_a_handwritten_reading(co
     assert "Machine: " in text and "load average" in text
     assert "| a | b |\n|---|---|\n| 1 | 2 |" in text
     assert "old table" not in text and text.endswith("## Reading\n\nBy hand.\n")
+
+
+def test_commit_names_the_code_measured_and_ignores_results_files(common, tmp_path):
+    import subprocess
+
+    repo = tmp_path / "repo"
+    (repo / "benchmarks" / "results").mkdir(parents=True)
+    (repo / "code.py").write_text("x = 1\n")
+    (repo / "benchmarks" / "results" / "demo.md").write_text("old\n")
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              cwd=repo, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    head = git("rev-parse", "--short", "HEAD").strip()
+    common.ROOT = repo
+    assert common.commit() == head
+    (repo / "benchmarks" / "results" / "demo.md").write_text("new results\n")
+    (repo / "untracked.py").write_text("")
+    assert common.commit() == head  # results and untracked files are not the code measured
+    (repo / "code.py").write_text("x = 2\n")
+    assert common.commit() == head + "+dirty"
+    assert f"commit {head}+dirty" in common.machine()
