@@ -193,6 +193,11 @@ def write_results(runs, started_at):
             f"{', '.join(f'{v:.0f}' for v in returns)} | {solved} | {reached} | "
             f"{common.format_mean_sd(executed, 2)} | {target:.2f} |"
         )
+    commits = sorted({r.get("commit", "not recorded") for r in runs})
+    if commits:
+        lines += ["", "Commit of the code each run used: " + ", ".join(
+            f"{c} ({sum(r.get('commit', 'not recorded') == c for r in runs)} runs)"
+            for c in commits) + "."]
     minutes = [r["seconds"] / 60 for r in runs]
     if minutes:
         lines += ["", f"Wall time per run: {np.median(minutes):.0f} min (median), niced, on "
