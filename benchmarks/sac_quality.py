@@ -21,6 +21,7 @@ seeds are missing. `--workers 2` runs two at a time.
     nice -n 10 .venv/bin/python benchmarks/sac_quality.py --workers 2
 """
 
+import collections
 import concurrent.futures
 import json
 import math
@@ -193,11 +194,10 @@ def write_results(runs, started_at):
             f"{', '.join(f'{v:.0f}' for v in returns)} | {solved} | {reached} | "
             f"{common.format_mean_sd(executed, 2)} | {target:.2f} |"
         )
-    commits = sorted({r.get("commit", "not recorded") for r in runs})
+    commits = collections.Counter(r.get("commit", "not recorded") for r in runs)
     if commits:
         lines += ["", "Commit of the code each run used: " + ", ".join(
-            f"{c} ({sum(r.get('commit', 'not recorded') == c for r in runs)} runs)"
-            for c in commits) + "."]
+            f"{c} ({n} runs)" for c, n in sorted(commits.items())) + "."]
     minutes = [r["seconds"] / 60 for r in runs]
     if minutes:
         lines += ["", f"Wall time per run: {np.median(minutes):.0f} min (median), niced, on "
