@@ -259,6 +259,7 @@ def main():
     parser = common.parser(__doc__)
     parser.add_argument("--work-dir", default="/tmp/grpo_collapse")
     parser.add_argument("--regimes", nargs="+", default=list(SETTINGS["regimes"]),
+                        choices=list(SETTINGS["regimes"]),
                         help="which regimes this invocation runs (the settings stay fixed)")
     parser.add_argument("--seeds", nargs="+", type=int, default=SETTINGS["seeds"],
                         help="which seeds this invocation runs (finished runs are read back)")
