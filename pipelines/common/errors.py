@@ -19,7 +19,9 @@ class ConfigError(UserError, ValueError):
     """One or more invalid settings, reported together (see `pipelines.common.config.Problems`)."""
 
     def __init__(self, what, problems):
-        self.problems = list(problems)
+        # A problem may be a whole message of its own (such as a dataset's); its full stop
+        # would end up before the "; " that joins it to the next.
+        self.problems = [problem.rstrip(". ") for problem in problems]
         super().__init__(f"invalid {what}: " + "; ".join(self.problems) + ".")
 
 

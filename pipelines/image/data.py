@@ -40,11 +40,13 @@ class DatasetInfo:
     num_classes: int
 
 
-def get_builder(name, data_dir=None):
-    """The TFDS builder for `name`, prepared; a clear error if TFDS cannot give it.
+def get_builder(name, data_dir=None, prepare=True):
+    """The TFDS builder for `name`; a clear error if TFDS cannot give it.
 
-    The offline datasets are prepared here on first use. Any other dataset must already be
-    prepared in `data_dir` (it cannot be downloaded here, and downloads can be large).
+    With `prepare`, the offline datasets are prepared here on first use (without it, the
+    builder still knows their features, so a config can be checked first). Any other
+    dataset must already be prepared in `data_dir` (it cannot be downloaded here, and
+    downloads can be large).
     """
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -57,7 +59,7 @@ def get_builder(name, data_dir=None):
             f"{', '.join(offline_datasets.OFFLINE_DATASETS)}. List every name with "
             "`python -c 'import tensorflow_datasets as tfds; print(tfds.list_builders())'`."
         ) from None
-    if name in offline_datasets.OFFLINE_DATASETS:
+    if prepare and name in offline_datasets.OFFLINE_DATASETS:
         builder.download_and_prepare()
     features = builder.info.features
     if "image" not in features or "label" not in features:

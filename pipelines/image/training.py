@@ -27,7 +27,7 @@ import era_keras
 from pipelines.common import tracking
 from pipelines.common.errors import UserError
 from pipelines.common.run_dir import RunDir
-from pipelines.image import data, evaluation, export
+from pipelines.image import data, evaluation, export, offline_datasets
 from pipelines.image.checkpoint import EpochCheckpoints
 from pipelines.image.classifier import build_classifier
 from pipelines.image.heads import head_loss, served_probabilities
@@ -138,6 +138,18 @@ class Inputs:
     variance: list
 
 
+def open_dataset(config):
+    """The run's dataset as (builder, `data.DatasetInfo`), checked without preparing or
+    reading it, so that a config is checked in seconds; fails clearly if the dataset is
+    unknown, not an image classification dataset, or (unless it is one of the offline
+    datasets, prepared on first use) not prepared."""
+    builder = data.get_builder(config.dataset, config.data_dir, prepare=False)
+    info = data.dataset_info(builder, config.image_size)
+    if config.dataset not in offline_datasets.OFFLINE_DATASETS:
+        data.num_examples(builder, config.train_split)  # reads only the split's metadata
+    return builder, info
+
+
 def prepare_inputs(config):
     """The data side of a run; fails clearly if the dataset is unknown or not prepared."""
     builder = data.get_builder(config.dataset, config.data_dir)
@@ -201,11 +213,13 @@ def _train(config):
     strategy = make_strategy(config.strategy)
     chief = is_chief(strategy)
     try:
-        inputs, dataset_problem = prepare_inputs(config), None
+        (_, info), dataset_problem = open_dataset(config), None
     except UserError as error:  # an unknown or unprepared dataset
-        inputs, dataset_problem = None, str(error)
-    # Every problem at once, and all of it before the run directory is claimed.
-    floor = config.check(inputs.info if inputs else None, dataset_problem)
+        info, dataset_problem = None, str(error)
+    # Every problem at once, and all of it before the data is read or the run directory
+    # is claimed.
+    floor = config.check(info, dataset_problem)
+    inputs = prepare_inputs(config)
     head = config.head_config()
     if config.run_dir is None:
         config.run_dir = default_run_dir(config)

@@ -35,6 +35,11 @@ def test_problems_are_collected_and_raised_together():
     assert str(error.value).startswith("invalid image config: epochs must be >= 1")
 
 
+def test_a_problem_that_is_a_sentence_joins_without_a_stray_full_stop():
+    error = ConfigError("config", ["Dataset 'x' is not prepared. Prepare it first.", "epochs"])
+    assert str(error) == "invalid config: Dataset 'x' is not prepared. Prepare it first; epochs."
+
+
 def test_no_problem_raises_nothing():
     Problems("config").raise_if_any()
 

@@ -189,6 +189,21 @@ def test_cli_rejects_an_unknown_dataset(capsys):
     assert "no dataset named 'mnist_5k'" in capsys.readouterr().err
 
 
+def test_flags_are_checked_before_any_data_is_prepared_or_read(tmp_path, capsys):
+    """A typo costs seconds: the offline dataset is not prepared before the flags are
+    checked, and an unprepared TFDS dataset is reported together with them."""
+    data_dir = tmp_path / "tfds"
+    assert main(["--epochs", "0", "--head", "softmx", "--data-dir", str(data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "head='softmx' is not one of" in err and "epochs must be >= 1" in err
+    assert not data_dir.exists()  # mnist5k was not prepared
+    assert main(["--dataset", "cifar10", "--epochs", "0", "--data-dir", str(data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "Dataset 'cifar10' is not prepared" in err and "epochs must be >= 1" in err
+    assert ".;" not in err
+
+
 def test_config_json_then_flags(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"epochs": 7, "head": "softmax", "flip": True}))
