@@ -1,0 +1,85 @@
+"""TensorFlow's load-time INFO lines are dropped from a CLI's stderr; nothing else is."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pipelines.common.native_logs import is_native_info_line
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+INFO = "I0000 00:00:1795661947.418990   16232 port.cc:153] oneDNN custom operations are on.\n"
+NOTE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+
+
+def _stderr_of(code, pythonpath=(), **env):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*pythonpath, ROOT]), **env}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300)
+    return done.returncode, done.stderr
+
+
+def test_only_info_lines_and_their_notes_are_recognised():
+    assert is_native_info_line(INFO) and is_native_info_line(NOTE)
+    assert is_native_info_line(
+        "I0000 00:00:1795662158.341710   17951 cpu_feature_guard.cc:227] This TensorFlow ...")
+    assert is_native_info_line("To enable the following instructions: AVX2 FMA, in other ...")
+    for kept in ("W0000 00:00:1795661947.4 16232 port.cc:1] a warning",
+                 "E0000 00:00:1795661947.4 16232 port.cc:1] an error",
+                 "error: epochs must be >= 1 (got 0).",
+                 "/x/y.py:3: DeprecationWarning: old",
+                 "Info about I0000 00:00:1.0 1 a.cc:1] in the middle"):
+        assert not is_native_info_line(kept), kept
+
+
+@pytest.fixture
+def fake_tensorflow(tmp_path):
+    """A `tensorflow` module that writes what the real one's native code writes, straight to
+    file descriptor 2, plus a warning and a Python-level message."""
+    def make(raise_error=False):
+        (tmp_path / "tensorflow.py").write_text(textwrap.dedent(f"""
+            import os, sys
+            os.write(2, {NOTE!r}.encode() + {INFO!r}.encode())
+            os.write(2, b"W0000 00:00:1795661947.5   16232 x.cc:2] keep this warning\\n")
+            print("and this Python message", file=sys.stderr)
+            if {raise_error!r}:
+                raise ImportError("a broken install")
+        """))
+        return str(tmp_path)
+    return make
+
+
+def test_importing_pipelines_drops_the_info_lines_and_keeps_the_rest(fake_tensorflow):
+    code, err = _stderr_of("import pipelines, tensorflow; print(tensorflow.__file__)",
+                           pythonpath=[fake_tensorflow()])
+    assert code == 0, err
+    assert err.splitlines() == [
+        "W0000 00:00:1795661947.5   16232 x.cc:2] keep this warning",
+        "and this Python message",
+    ]
+
+
+def test_level_0_keeps_everything(fake_tensorflow):
+    _, err = _stderr_of("import pipelines", pythonpath=[fake_tensorflow()],
+                        TF_CPP_MIN_LOG_LEVEL="0")
+    assert INFO in err and NOTE in err
+
+
+def test_a_failing_import_still_shows_its_output_and_traceback(fake_tensorflow):
+    code, err = _stderr_of("import pipelines", pythonpath=[fake_tensorflow(raise_error=True)])
+    assert code == 1
+    assert "keep this warning" in err and "ImportError: a broken install" in err
+    assert INFO not in err
+
+
+def test_the_real_tensorflow_loads_quietly():
+    """Whatever this TensorFlow prints on load at TF_CPP_MIN_LOG_LEVEL=2, importing the
+    pipelines leaves none of its INFO lines."""
+    _, raw = _stderr_of("import tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    code, err = _stderr_of("import pipelines")
+    assert code == 0, err
+    assert not [line for line in err.splitlines() if is_native_info_line(line)], err
+    if not [line for line in raw.splitlines() if is_native_info_line(line)]:
+        pytest.skip("this TensorFlow prints no INFO lines on load")
