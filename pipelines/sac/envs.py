@@ -171,6 +171,29 @@ def gymnasium_ids(module=None):
     return sorted(gymnasium.registry)
 
 
+def _newest_versions(ids):
+    """Gymnasium ids with only the newest version of each: 'Ant-v5' for Ant-v2 ... Ant-v5."""
+    newest = {}
+    for env_id in ids:
+        name, _, version = env_id.rpartition("-v")
+        if not (name and version.isdigit()):
+            name, version = env_id, "-1"
+        if int(version) > int(newest.get(name, "-2")):
+            newest[name] = version
+    return [name if version == "-1" else f"{name}-v{version}"
+            for name, version in sorted(newest.items())]
+
+
+def _by_domain(tasks):
+    """DMC '<domain>-<task>' ids grouped: 'walker-{run,stand,walk}'."""
+    domains = {}
+    for task_id in tasks:
+        domain, _, task = task_id.partition("-")
+        domains.setdefault(domain, []).append(task)
+    return [f"{domain}-{names[0]}" if len(names) == 1 else f"{domain}-{{{','.join(names)}}}"
+            for domain, names in sorted(domains.items())]
+
+
 def _unknown_env_error(env_id):
     import gymnasium
 
@@ -179,13 +202,13 @@ def _unknown_env_error(env_id):
         if "mujoco" in str(spec.entry_point) or "classic_control" in str(spec.entry_point)
     ]
     dmc = dm_control_tasks()
-    close = difflib.get_close_matches(env_id, sorted(gymnasium.registry) + dmc, n=3)
+    close = difflib.get_close_matches(env_id, sorted(gymnasium.registry) + dmc, n=3, cutoff=0.7)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return EnvError(
         f"Unknown environment id {env_id!r}.{hint} "
-        f"gymnasium (MuJoCo and classic control; any registered id works): "
-        f"{', '.join(gym_ids)}. "
-        f"DeepMind Control Suite (<domain>-<task>): {', '.join(dmc)}. "
+        "gymnasium, MuJoCo and classic control (older versions load too; any registered id "
+        f"works): {', '.join(_newest_versions(gym_ids))}. "
+        f"DeepMind Control Suite, '<domain>-<task>': {', '.join(_by_domain(dmc))}. "
         "Ids that a package registers on import load as '<module>:<id>', "
         "e.g. 'humanoid_bench:h1hand-run-v0' where HumanoidBench is installed."
     )

@@ -73,7 +73,17 @@ def test_unknown_id_lists_what_is_available():
     message = str(error.value)
     assert "Unknown environment id 'HalfCheeta-v5'" in message
     assert "Did you mean HalfCheetah-v5" in message
-    assert "Humanoid-v5" in message and "dog-run" in message and "humanoid-run" in message
+    # One line a reader can scan: the newest version of each gymnasium id, DMC tasks
+    # grouped by domain.
+    assert "Humanoid-v5" in message and "Humanoid-v4" not in message
+    assert "dog-{fetch,run,stand,trot,walk}" in message and "cheetah-run," in message
+    assert len(message) < 1500
+
+
+def test_only_close_ids_are_suggested():
+    with pytest.raises(ValueError) as error:
+        envs.load_environment("Nope-v0")
+    assert "Did you mean" not in str(error.value)
 
 
 def test_unknown_dmc_task_and_missing_module():
