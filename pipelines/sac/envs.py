@@ -173,14 +173,14 @@ def gymnasium_ids(module=None):
 
 def _newest_versions(ids):
     """Gymnasium ids with only the newest version of each: 'Ant-v5' for Ant-v2 ... Ant-v5."""
-    newest = {}
+    newest = {}  # name -> newest version (None for an id without one)
     for env_id in ids:
         name, _, version = env_id.rpartition("-v")
-        if not (name and version.isdigit()):
-            name, version = env_id, "-1"
-        if int(version) > int(newest.get(name, "-2")):
-            newest[name] = version
-    return [name if version == "-1" else f"{name}-v{version}"
+        if name and version.isdigit():
+            newest[name] = max(newest.get(name, -1), int(version))
+        else:
+            newest[env_id] = None
+    return [name if version is None else f"{name}-v{version}"
             for name, version in sorted(newest.items())]
 
 

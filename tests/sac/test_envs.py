@@ -1,3 +1,5 @@
+import re
+
 import gymnasium
 import numpy as np
 import pytest
@@ -76,7 +78,7 @@ def test_unknown_id_lists_what_is_available():
     # One line a reader can scan: the newest version of each gymnasium id, DMC tasks
     # grouped by domain.
     assert "Humanoid-v5" in message and "Humanoid-v4" not in message
-    assert "dog-{fetch,run,stand,trot,walk}" in message and "cheetah-run," in message
+    assert re.search(r"dog-\{[a-z_,]*\brun\b", message) and "cheetah-run," in message
     assert len(message) < 1500
 
 
