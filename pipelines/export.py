@@ -21,6 +21,7 @@ import sys
 import tempfile
 
 from pipelines.common.errors import UserError, run_cli
+from pipelines.common.native_logs import import_tensorflow
 from serving.export import export_saved_model, serving_commands
 from serving.layout import check_model_name
 from serving.saved_model import SAVED_MODEL_FILE, SERVING_SIGNATURE, SavedModelError, is_saved_model
@@ -203,6 +204,7 @@ def build_parser():
 
 
 def main(argv=None):
+    import_tensorflow()
     args = build_parser().parse_args(argv)
     summary = export(
         args.model_name,

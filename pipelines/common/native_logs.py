@@ -3,11 +3,15 @@
 TensorFlow's C++ libraries log a few INFO lines when they load (oneDNN, missing CUDA
 drivers, CPU instruction sets), and TensorFlow 2.21 prints them twice. They come before
 TensorFlow's logging is set up, so `TF_CPP_MIN_LOG_LEVEL` does not hide them, and a CLI's
-one-line error would sit under six lines of them. `import_tensorflow`, called when the
-`pipelines` package is imported, imports TensorFlow with the process' stderr (file
-descriptor 2, where the C++ code writes) sent to a temporary file, then writes back every
-line except those INFO lines (and the notes that come with them), so warnings and errors
-still show.
+one-line error would sit under six lines of them. `import_tensorflow` imports TensorFlow
+with the process' stderr (file descriptor 2, where the C++ code writes) sent to a
+temporary file, then writes back every line except those INFO lines (and the notes that
+come with them), so warnings and errors still show.
+
+Each entry point calls it where it would first import TensorFlow, after setting what must
+be set before (importing TensorFlow imports Keras, which fixes its backend; TF-Agents needs
+TF_USE_LEGACY_KERAS): `pipelines.sac.__main__`, `pipelines.grpo.__main__.main`,
+`pipelines.export.main`, and the `pipelines.image` package.
 """
 
 import os

@@ -11,6 +11,7 @@ import sys
 
 from pipelines.common.cli import add_config_flags, given_config_flags
 from pipelines.common.errors import run_cli
+from pipelines.common.native_logs import import_tensorflow
 
 HELP = {
     "model": "keras-hub preset name or preset directory, or tiny:qwen|qwen3|gemma|gemma3 "
@@ -75,7 +76,7 @@ def _parser():
 
 def main(argv=None):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import_tensorflow()  # which imports Keras, so after its backend is chosen
     args = _parser().parse_args(argv)
     from pipelines.common.config import load_config_json
     from pipelines.grpo.config import RECIPES, GRPOConfig

@@ -7,7 +7,11 @@ ResNet-50 settings), `offline_datasets` (TFDS builders over data that packages s
 (metrics), `export` (SavedModel for TF Serving). Run `python -m pipelines.image --help`.
 """
 
-from pipelines.image.config import ImageConfig
+from pipelines.common.native_logs import import_tensorflow
+
+import_tensorflow()  # first: the package's config imports Keras, and with it TensorFlow
+
+from pipelines.image.config import ImageConfig  # noqa: E402
 
 __all__ = ["ImageConfig", "train"]
 

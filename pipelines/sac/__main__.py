@@ -4,7 +4,10 @@ import os
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ["KERAS_BACKEND"] = "tensorflow"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pipelines.common.native_logs import import_tensorflow  # noqa: E402
+
+import_tensorflow()
 
 from pipelines.common.errors import run_cli  # noqa: E402
 from pipelines.sac.cli import main  # noqa: E402

@@ -10,14 +10,16 @@ import pytest
 from pipelines.common.native_logs import is_native_info_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QUIET_IMPORT = "from pipelines.common.native_logs import import_tensorflow; import_tensorflow()"
 INFO = "I0000 00:00:1795661947.418990   16232 port.cc:153] oneDNN custom operations are on.\n"
 NOTE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
 
 
-def _stderr_of(code, pythonpath=(), **env):
+def _stderr_of(code, pythonpath=(), args=None, **env):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*pythonpath, ROOT]), **env}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=300)
+    command = [sys.executable, *(args or ["-c", code])]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300,
+                          cwd=env.get("CWD"))
     return done.returncode, done.stderr
 
 
@@ -51,9 +53,8 @@ def fake_tensorflow(tmp_path):
     return make
 
 
-def test_importing_pipelines_drops_the_info_lines_and_keeps_the_rest(fake_tensorflow):
-    code, err = _stderr_of("import pipelines, tensorflow; print(tensorflow.__file__)",
-                           pythonpath=[fake_tensorflow()])
+def test_the_quiet_import_drops_the_info_lines_and_keeps_the_rest(fake_tensorflow):
+    code, err = _stderr_of(QUIET_IMPORT, pythonpath=[fake_tensorflow()])
     assert code == 0, err
     assert err.splitlines() == [
         "W0000 00:00:1795661947.5   16232 x.cc:2] keep this warning",
@@ -62,23 +63,48 @@ def test_importing_pipelines_drops_the_info_lines_and_keeps_the_rest(fake_tensor
 
 
 def test_level_0_keeps_everything(fake_tensorflow):
-    _, err = _stderr_of("import pipelines", pythonpath=[fake_tensorflow()],
-                        TF_CPP_MIN_LOG_LEVEL="0")
+    _, err = _stderr_of(QUIET_IMPORT, pythonpath=[fake_tensorflow()], TF_CPP_MIN_LOG_LEVEL="0")
     assert INFO in err and NOTE in err
 
 
 def test_a_failing_import_still_shows_its_output_and_traceback(fake_tensorflow):
-    code, err = _stderr_of("import pipelines", pythonpath=[fake_tensorflow(raise_error=True)])
+    code, err = _stderr_of(QUIET_IMPORT, pythonpath=[fake_tensorflow(raise_error=True)])
     assert code == 1
     assert "keep this warning" in err and "ImportError: a broken install" in err
     assert INFO not in err
 
 
+@pytest.mark.parametrize("argv", [
+    ["-m", "pipelines.image", "--epochs", "0"],
+    ["-m", "pipelines.sac", "--env", "Nope-v0"],
+    ["-m", "pipelines.grpo", "--model", "no-such-preset"],
+    ["-m", "pipelines.export", "--path", "/nonexistent", "--model-name", "m"],
+], ids=["image", "sac", "grpo", "export"])
+def test_a_cli_error_is_its_only_line_on_stderr(argv, tmp_path):
+    """Whatever this TensorFlow prints on load, a CLI's bad input shows one line. If plain
+    `import tensorflow` prints no INFO lines here, this still checks the CLIs' own output."""
+    code, err = _stderr_of(None, args=argv, CWD=str(tmp_path))
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+
+
+def test_the_sac_entry_point_sets_its_environment_before_tensorflow_loads():
+    """The quiet import comes after what TF-Agents needs: Keras on TensorFlow (even where
+    KERAS_BACKEND says jax) and tf.keras as Keras 2."""
+    code, err = _stderr_of(
+        "import runpy; runpy.run_module('pipelines.sac', run_name='not_main')\n"
+        "import keras, tensorflow as tf\n"
+        "assert keras.backend.backend() == 'tensorflow', keras.backend.backend()\n"
+        "assert type(tf.keras.layers.Dense(1)).__module__.startswith('tf_keras')",
+        KERAS_BACKEND="jax")
+    assert code == 0, err
+
+
 def test_the_real_tensorflow_loads_quietly():
-    """Whatever this TensorFlow prints on load at TF_CPP_MIN_LOG_LEVEL=2, importing the
-    pipelines leaves none of its INFO lines."""
+    """Whatever this TensorFlow prints on load at TF_CPP_MIN_LOG_LEVEL=2, the quiet import
+    leaves none of its INFO lines."""
     _, raw = _stderr_of("import tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
-    code, err = _stderr_of("import pipelines")
+    code, err = _stderr_of(QUIET_IMPORT)
     assert code == 0, err
     assert not [line for line in err.splitlines() if is_native_info_line(line)], err
     if not [line for line in raw.splitlines() if is_native_info_line(line)]:
