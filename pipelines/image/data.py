@@ -59,8 +59,8 @@ def get_builder(name, data_dir=None, prepare=True):
             f"{', '.join(offline_datasets.OFFLINE_DATASETS)}. List every name with "
             "`python -c 'import tensorflow_datasets as tfds; print(tfds.list_builders())'`."
         ) from None
-    if prepare and name in offline_datasets.OFFLINE_DATASETS:
-        builder.download_and_prepare()
+    if prepare:
+        prepare_offline(builder)
     features = builder.info.features
     if "image" not in features or "label" not in features:
         raise DatasetError(
@@ -68,6 +68,12 @@ def get_builder(name, data_dir=None, prepare=True):
             f"and 'label' features, and has {list(features.keys())}."
         )
     return builder
+
+
+def prepare_offline(builder):
+    """Prepare an offline dataset on first use (a no-op once prepared, and for the others)."""
+    if builder.name in offline_datasets.OFFLINE_DATASETS:
+        builder.download_and_prepare()
 
 
 def dataset_info(builder, image_size=None):

@@ -150,10 +150,11 @@ def open_dataset(config):
     return builder, info
 
 
-def prepare_inputs(config):
-    """The data side of a run; fails clearly if the dataset is unknown or not prepared."""
-    builder = data.get_builder(config.dataset, config.data_dir)
-    info = data.dataset_info(builder, config.image_size)
+def prepare_inputs(config, dataset=None):
+    """The data side of a run, from `dataset` (what `open_dataset` returned) or opened here;
+    fails clearly if the dataset is unknown or not prepared."""
+    builder, info = dataset or open_dataset(config)
+    data.prepare_offline(builder)
     train_examples = data.num_examples(builder, config.train_split)
     steps_per_epoch = config.steps_per_epoch or max(1, train_examples // config.batch_size)
     train_ds = data.train_pipeline(
@@ -213,13 +214,13 @@ def _train(config):
     strategy = make_strategy(config.strategy)
     chief = is_chief(strategy)
     try:
-        (_, info), dataset_problem = open_dataset(config), None
+        (builder, info), dataset_problem = open_dataset(config), None
     except UserError as error:  # an unknown or unprepared dataset
-        info, dataset_problem = None, str(error)
+        builder, info, dataset_problem = None, None, str(error)
     # Every problem at once, and all of it before the data is read or the run directory
     # is claimed.
     floor = config.check(info, dataset_problem)
-    inputs = prepare_inputs(config)
+    inputs = prepare_inputs(config, (builder, info))
     head = config.head_config()
     if config.run_dir is None:
         config.run_dir = default_run_dir(config)
