@@ -15,11 +15,11 @@ INFO = "I0000 00:00:1795661947.418990   16232 port.cc:153] oneDNN custom operati
 NOTE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
 
 
-def _stderr_of(code, pythonpath=(), args=None, **env):
+def _stderr_of(code, pythonpath=(), args=None, cwd=None, **env):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([*pythonpath, ROOT]), **env}
     command = [sys.executable, *(args or ["-c", code])]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300,
-                          cwd=env.get("CWD"))
+                          cwd=cwd)
     return done.returncode, done.stderr
 
 
@@ -83,7 +83,7 @@ def test_a_failing_import_still_shows_its_output_and_traceback(fake_tensorflow):
 def test_a_cli_error_is_its_only_line_on_stderr(argv, tmp_path):
     """Whatever this TensorFlow prints on load, a CLI's bad input shows one line. If plain
     `import tensorflow` prints no INFO lines here, this still checks the CLIs' own output."""
-    code, err = _stderr_of(None, args=argv, CWD=str(tmp_path))
+    code, err = _stderr_of(None, args=argv, cwd=tmp_path)
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
 
