@@ -2,12 +2,18 @@
 
 Flags the user does not give are left out of the parsed namespace (argparse.SUPPRESS),
 so each pipeline layers what was given over its own base: the dataclass defaults, a
-preset, or a JSON config file.
+preset, or a JSON config file (`pipelines.common.config.layered_values`). Help texts come
+from the fields themselves (`pipelines.common.config.option`); `add_run_flags` adds the
+flags every pipeline has (`--preset`, `--config-json`, `--print-config`), and
+`options_table` writes the docs' table of a config's options.
 """
 
 import argparse
 import dataclasses
+import json
 import typing
+
+from pipelines.common.config import field_help
 
 
 def add_config_flags(parser, config_class, help_texts=None, choices=None, default_label="default"):
@@ -18,6 +24,7 @@ def add_config_flags(parser, config_class, help_texts=None, choices=None, defaul
     """
     help_texts = help_texts or {}
     choices = choices or {}
+    # Help from the field itself; `help_texts` only for fields that have none.
     hints = typing.get_type_hints(config_class)
     for field in dataclasses.fields(config_class):
         kind = hints[field.name]
@@ -27,7 +34,8 @@ def add_config_flags(parser, config_class, help_texts=None, choices=None, defaul
         default = (
             field.default_factory() if field.default is dataclasses.MISSING else field.default
         )
-        text = f"{help_texts.get(field.name, '')} ({default_label}: {default})".strip()
+        described = field_help(field) or help_texts.get(field.name, "")
+        text = f"{described} ({default_label}: {default})".strip()
         options = dict(dest=field.name, default=argparse.SUPPRESS, help=text.replace("%", "%%"))
         flag = "--" + field.name.replace("_", "-")
         if kind is bool:
@@ -43,6 +51,34 @@ def add_config_flags(parser, config_class, help_texts=None, choices=None, defaul
                 **options,
             )
     return parser
+
+
+def add_run_flags(parser, presets, preset_help="start from a named preset"):
+    """`--preset NAME`, `--config-json FILE` and `--print-config`, the same in every pipeline."""
+    if presets:
+        parser.add_argument("--preset", default=None, choices=sorted(presets),
+                            help=f"{preset_help}; --config-json and flags given override it")
+    parser.add_argument("--config-json", default=None, metavar="FILE",
+                        help="a JSON object of settings; flags given on the command line win")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resulting settings as JSON and exit")
+    return parser
+
+
+def print_config(config):
+    print(json.dumps(dataclasses.asdict(config), indent=2, sort_keys=False, default=str))
+
+
+def options_table(config_class):
+    """The docs' Markdown table of a config's options: flag, default, help."""
+    rows = ["| flag | default | what it sets |", "|---|---|---|"]
+    for field in dataclasses.fields(config_class):
+        default = (field.default_factory() if field.default is dataclasses.MISSING
+                   else field.default)
+        flag = "--" + field.name.replace("_", "-")
+        text = field_help(field).replace("|", "\\|")
+        rows.append(f"| `{flag}` | `{default}` | {text} |")
+    return "\n".join(rows)
 
 
 def given_config_flags(args, config_class):

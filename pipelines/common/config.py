@@ -1,8 +1,13 @@
 """One way to check and load a pipeline's settings.
 
-Every pipeline's config is a dataclass. Its checks collect every problem in a `Problems`
-and raise them together as one `ConfigError`, so a user fixes a command line in one go.
+Every pipeline's config is a dataclass whose fields carry their own help, as TRL's
+`GRPOConfig` does: `lr: float = option(3e-4, "learning rate")`. The command line, its
+`--help`, `--print-config` and the docs' option tables all come from those fields
+(`pipelines.common.cli`). Its checks collect every problem in a `Problems` and raise them
+together as one `ConfigError`, so a user fixes a command line in one go.
 `load_config_json` reads `--config-json FILE` with errors that name the file and the field.
+Presets (named starting points, `--preset NAME`) are plain dicts of field values, layered
+under `--config-json` and the flags by `layered_values`.
 """
 
 import dataclasses
@@ -12,6 +17,34 @@ import types
 import typing
 
 from pipelines.common.errors import ConfigError, UserError
+
+
+def option(default=dataclasses.MISSING, help="", default_factory=dataclasses.MISSING):
+    """A config field with its help text (shown by `--help` and in the docs' tables)."""
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={"help": help})
+
+
+def field_help(field):
+    return field.metadata.get("help", "")
+
+
+def layered_values(config_class, presets=None, preset=None, config_json=None, flags=None):
+    """{field: value} of a config: the preset (if any), then a JSON file, then the flags.
+
+    An unknown preset is a UserError listing the known ones.
+    """
+    values = {}
+    if preset is not None:
+        presets = presets or {}
+        if preset not in presets:
+            raise UserError(f"unknown preset {preset!r}; known presets: "
+                            f"{', '.join(sorted(presets)) or 'none'}")
+        values.update(presets[preset])
+    if config_json:
+        values.update(load_config_json(config_json, config_class))
+    values.update(flags or {})
+    return values
 
 
 class Problems:

@@ -24,8 +24,8 @@ from keras import ops
 
 import era_keras
 from pipelines.common.metrics import grouped, metric_history
-from pipelines.common.run_dir import RunDir
-from pipelines.common.tracking import log_curves, tracked_run, write_json
+from pipelines.common.run_dir import RunDir, write_json_atomic
+from pipelines.common.tracking import log_curves, tracked_run
 from pipelines.grpo.checkpoint import (
     copy_policy,
     load_reference,
@@ -505,7 +505,7 @@ def _run(config, spec, distribution, tracking_uri, export, model_name, progress)
                 trainer.save_checkpoint(run_dir)
         bar.close()
         trainer.log_plots()
-        write_json(run_dir / "history.json", trainer.history)
+        write_json_atomic(run_dir / "history.json", trainer.history)
         mlflow.log_artifact(str(run_dir / "history.json"))
         trainer.export_paths = {}
         if export:
