@@ -7,7 +7,8 @@ Every pipeline's config is a dataclass whose fields carry their own help, as TRL
 together as one `ConfigError`, so a user fixes a command line in one go.
 `load_config_json` reads `--config-json FILE` with errors that name the file and the field.
 Presets (named starting points, `--preset NAME`) are plain dicts of field values, layered
-under `--config-json` and the flags by `layered_values`.
+under `--config-json` and the flags by `layered_values`; `make_config` builds the config
+from them, reporting wrong types and failed checks together.
 """
 
 import dataclasses
@@ -42,7 +43,7 @@ def layered_values(config_class, presets=None, preset=None, config_json=None, fl
                             f"{', '.join(sorted(presets)) or 'none'}")
         values.update(presets[preset])
     if config_json:
-        values.update(load_config_json(config_json, config_class))
+        values.update(load_config_json(config_json, config_class, check_types=False))
     values.update(flags or {})
     return values
 
@@ -107,18 +108,40 @@ def _matches(value, kind):
     return True
 
 
-def check_field_types(config_class, values, source):
-    """Raise a ConfigError naming every unknown field and every value of the wrong type."""
+def type_problems(config_class, values):
+    """{field: problem} for every unknown field and every value of the wrong type."""
     kinds = _field_types(config_class)
-    problems = Problems(source)
+    problems = {}
     for name in sorted(values):
         if name not in kinds:
-            problems.add(f"unknown field {name!r} (known: {', '.join(sorted(kinds))})")
+            problems[name] = f"unknown field {name!r} (known: {', '.join(sorted(kinds))})"
         elif not _matches(values[name], kinds[name]):
-            problems.add(
-                f"{name} must be {_describe(kinds[name])}, got {values[name]!r}"
-            )
-    problems.raise_if_any()
+            problems[name] = f"{name} must be {_describe(kinds[name])}, got {values[name]!r}"
+    return problems
+
+
+def check_field_types(config_class, values, source):
+    """Raise a ConfigError naming every unknown field and every value of the wrong type."""
+    problems = type_problems(config_class, values)
+    if problems:
+        raise ConfigError(source, list(problems.values()))
+
+
+def make_config(config_class, values):
+    """`config_class(**values)`, with every problem reported at once.
+
+    The wrong types and unknown fields together with what the config's own checks find in
+    the rest (a field of the wrong type is checked at its default meanwhile).
+    """
+    bad = type_problems(config_class, values)
+    good = {name: value for name, value in values.items() if name not in bad}
+    try:
+        config = config_class(**good)
+    except ConfigError as error:
+        raise ConfigError(error.what, list(bad.values()) + error.problems) from None
+    if bad:
+        raise ConfigError(f"{config_class.__name__} settings", list(bad.values()))
+    return config
 
 
 def _describe(kind):
@@ -131,8 +154,9 @@ def _describe(kind):
     return getattr(kind, "__name__", str(kind))
 
 
-def load_config_json(path, config_class):
-    """{field: value} from a JSON file of `config_class` fields, checked field by field."""
+def load_config_json(path, config_class, check_types=True):
+    """{field: value} from a JSON file of `config_class` fields, checked field by field
+    (`check_types=False`: only that it is a JSON object; `make_config` checks the rest)."""
     path = pathlib.Path(path)
     try:
         text = path.read_text()
@@ -150,7 +174,8 @@ def load_config_json(path, config_class):
             f"config file {path} must hold a JSON object of {config_class.__name__} fields, "
             f"got {type(values).__name__}"
         )
-    check_field_types(config_class, values, f"config file {path}")
+    if check_types:
+        check_field_types(config_class, values, f"config file {path}")
     return values
 
 

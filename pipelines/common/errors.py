@@ -19,6 +19,7 @@ class ConfigError(UserError, ValueError):
     """One or more invalid settings, reported together (see `pipelines.common.config.Problems`)."""
 
     def __init__(self, what, problems):
+        self.what = what
         # A problem may be a whole message of its own (such as a dataset's); its full stop
         # would end up before the "; " that joins it to the next.
         self.problems = [problem.rstrip(". ") for problem in problems]

@@ -9,15 +9,18 @@
 
 A pipeline writes only its algorithm and what it checkpoints:
 
-    run = RunLifecycle(config, experiment="sac", run_name=..., may_change=(...))
-    run.start()                          # store checked, run dir locked and claimed
-    restored = rotation.restore(read)    # None on a fresh run
-    with run.tracking():                 # the MLflow run; a store failing mid-run: one line
-        while step < total:
-            ...
-            run.log_metrics(metrics, step)
-        exports = {...}
-    return run.finish(step, exports, metrics)
+    with RunLifecycle(config, experiment="sac", run_name=..., may_change=(...)) as run:
+        run.start()                          # store checked, run dir locked and claimed
+        restored = rotation.restore(read)    # None on a fresh run
+        with run.tracking():                 # the MLflow run; a failing store: one line
+            while step < total:
+                ...
+                run.log_metrics(metrics, step)
+            exports = {...}
+        return run.finish(step, exports, metrics)
+
+Leaving the `with` releases the run dir's lock (so does the end of the process, however
+it ends).
 
 Under a multi-worker strategy only the chief (`chief=True`) checks, claims, tracks and
 finishes; the other workers read the chief's checkpoints.
@@ -63,13 +66,25 @@ class RunLifecycle:
         self.resumed = False
         self.run_id = None
         self._metrics = None
+        self._store_checked = False
+
+    def check_store(self):
+        """Fail within seconds if the tracking store cannot be used (also done by `start`);
+        call it first when building the run takes long."""
+        if self.chief and not self._store_checked:
+            tracking.check_store(self.tracking_uri)
+            self._store_checked = True
 
     def start(self):
         """Check the store, lock and claim the run dir; returns whether it resumes a run."""
         if self.chief:
-            tracking.check_store(self.tracking_uri)
+            self.check_store()
             self.run_dir.lock()
-            self.resumed = self.run_dir.claim(self.claimed, may_change=self.may_change)
+            try:
+                self.resumed = self.run_dir.claim(self.claimed, may_change=self.may_change)
+            except BaseException:
+                self.run_dir.unlock()
+                raise
         return self.resumed
 
     def announce_resume(self, position):
@@ -126,3 +141,9 @@ class RunLifecycle:
     def close(self):
         """Release the run dir (also done by `finish`, and by the OS when the process ends)."""
         self.run_dir.unlock()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()

@@ -12,20 +12,18 @@ A checkpoint is a directory `<run_dir>/checkpoints/step-NNNNNNN/` holding
 With a KL penalty, the frozen reference policy is kept once, in `<run_dir>/reference/`
 (a keras-hub preset), and reloaded on resume (`save_reference`, `load_reference`).
 
-It is written under `step-NNNNNNN.partial/` and renamed into place once complete, so a
-run killed at any moment leaves only whole checkpoints. The newest two are kept: when the
-newest cannot be read (a truncated weights file, an empty `state.json`), `restore`
-warns, naming the damaged file, and falls back to the one before. When none can be read
-it raises `CorruptCheckpointError` naming the file and what to do.
+Checkpoints are kept by the shared `pipelines.common.checkpoints.CheckpointRotation`:
+written whole or not at all, the newest two kept, a damaged newest one (a truncated weights
+file, an empty `state.json`) reported with one warning and the one before it used; when
+none can be read, `CorruptCheckpointError` names the file and what to do.
 """
 
 import pathlib
-import re
 import shutil
-import warnings
 
 import numpy as np
 
+from pipelines.common.checkpoints import CheckpointRotation
 from pipelines.common.errors import CorruptCheckpointError
 from pipelines.common.run_dir import read_json, write_json_atomic
 
@@ -33,8 +31,6 @@ CHECKPOINTS = "checkpoints"
 LORA_BASE = "lora_base"
 LORA_FILE = "lora.lora.h5"
 REFERENCE = "reference"
-KEEP = 2
-_NAME = re.compile(r"step-(\d+)")
 
 
 class Checkpoint:
@@ -51,41 +47,34 @@ class Checkpoint:
         return self.state["step"]
 
 
+def rotation(run_dir):
+    return CheckpointRotation(pathlib.Path(run_dir) / CHECKPOINTS, prefix="step")
+
+
 def checkpoints(run_dir):
     """The complete checkpoint directories of a run, newest first."""
-    root = pathlib.Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    complete = [p for p in root.iterdir() if p.is_dir() and _NAME.fullmatch(p.name)]
-    return sorted(complete, key=lambda p: int(_NAME.fullmatch(p.name).group(1)), reverse=True)
+    return [path for _, path in rotation(run_dir).saved()]
 
 
 def latest_checkpoint(run_dir):
     """The newest complete checkpoint directory, or None."""
-    found = checkpoints(run_dir)
-    return found[0] if found else None
+    return rotation(run_dir).latest()
 
 
-def save_checkpoint(run_dir, step, causal_lm, optimizer, state, keep=KEEP):
-    """Write the checkpoint of `step`, then drop all but the newest `keep`; returns its dir."""
-    root = pathlib.Path(run_dir) / CHECKPOINTS
-    name = f"step-{step:07d}"
-    target, partial = root / name, root / f"{name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    if getattr(causal_lm.backbone, "_lora_enabled_layers", []):
-        causal_lm.backbone.save_lora_weights(str(partial / LORA_FILE))
-    else:
-        causal_lm.save_to_preset(str(partial / "preset"))
-    store = {}
-    optimizer.save_own_variables(store)
-    np.savez(partial / "optimizer.npz", **{str(k): v for k, v in store.items()})
-    write_json_atomic(partial / "state.json", {**state, "step": step})
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
-    for old in checkpoints(run_dir)[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
+def save_checkpoint(run_dir, step, causal_lm, optimizer, state):
+    """Write the checkpoint of `step` (the newest two are kept); returns its directory."""
+
+    def write(directory):
+        if getattr(causal_lm.backbone, "_lora_enabled_layers", []):
+            causal_lm.backbone.save_lora_weights(str(directory / LORA_FILE))
+        else:
+            causal_lm.save_to_preset(str(directory / "preset"))
+        store = {}
+        optimizer.save_own_variables(store)
+        np.savez(directory / "optimizer.npz", **{str(k): v for k, v in store.items()})
+        write_json_atomic(directory / "state.json", {**state, "step": step})
+
+    return rotation(run_dir).save(step, write)
 
 
 def save_preset_whole(causal_lm, target):
@@ -135,22 +124,8 @@ def _load(path):
 
 def restore_checkpoint(run_dir):
     """The newest readable checkpoint of a run (falling back past damaged ones), or None."""
-    found = checkpoints(run_dir)
-    failures = []
-    for path in found:
-        try:
-            restored = _load(path)
-        except CorruptCheckpointError as error:
-            failures.append(error)
-            warnings.warn(f"{error}; trying the checkpoint before it.", stacklevel=2)
-            continue
-        return restored
-    if failures:
-        raise CorruptCheckpointError(
-            f"no usable checkpoint in {pathlib.Path(run_dir) / CHECKPOINTS}: {failures[0]}; "
-            f"delete {pathlib.Path(run_dir) / CHECKPOINTS} to start the run over, or give "
-            "another --run-dir")
-    return None
+    restored = rotation(run_dir).restore(_load, what="GRPO checkpoint")
+    return restored.value if restored is not None else None
 
 
 def copy_policy(causal_lm):

@@ -4,14 +4,15 @@ Defaults give a run that finishes in a minute or two on a CPU: a tiny random-ini
 model, a short supervised warm start, then GRPO on the built-in many-answers task. The
 authors' settings (arXiv 2510.08549, nothingbutbut/era) are k = 2, omega_low = 0.45,
 omega_high = 3.0, group size 8, temperature 1.0, clip epsilon 1.0 with dual clip 10, no
-KL, lr 1e-6 on a 7B model (`--recipe era-paper` sets their shipped script's values).
+KL, lr 1e-6 on a 7B model (`--preset era-paper` sets their shipped script's values).
 Their thresholds are absolute entropies set for a ~150k-token vocabulary; with a tiny
 vocabulary choose them from the measured H_resp distribution (logged every step).
 """
 
 import dataclasses
+import pathlib
 
-from pipelines.common.config import Problems
+from pipelines.common.config import Problems, option
 from pipelines.grpo.loss import LOSS_TYPES, SCALE_REWARDS
 from pipelines.grpo.models import TINY_FAMILIES
 from pipelines.grpo.tasks import BUILTIN_TASKS
@@ -20,77 +21,124 @@ from pipelines.grpo.tasks import BUILTIN_TASKS
 # weight's bf16 resolution, ~0.4% of it, are rounded away); mixed_bfloat16 (float32
 # weights, bfloat16 compute). The loss's log-softmax and entropies run in float32.
 DTYPES = ("float32", "bfloat16", "mixed_bfloat16")
+# Data files the pipeline reads (see tasks.py).
+TASK_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+WARM_START_STEPS = 150  # for a built-in task, when --warm-start-steps is not given
 
 
 @dataclasses.dataclass
 class GRPOConfig:
-    # Model: a keras-hub preset name or directory, or "tiny:<family>" (random init).
-    model: str = "tiny:qwen"
-    tiny_layers: int = 2
-    tiny_hidden_dim: int = 128
-    # Data: a built-in task name or a JSONL file; reward by name or "module:function".
-    task: str = "digit_sum"
-    eval_data: str | None = None
-    reward: str | None = None  # None: the task's own (built-ins) or "math" (JSONL)
-    held_out_fraction: float = 0.2
-    num_eval_prompts: int = 32
-    # Supervised warm start (0 steps: none).
-    warm_start_steps: int = 150
-    warm_start_batch_size: int = 64
-    warm_start_learning_rate: float = 3e-3
+    # Model.
+    model: str = option(
+        "tiny:qwen", "keras-hub preset name or preset directory, or tiny:qwen|qwen3|gemma|"
+        "gemma3 (random init, tokenizer built offline)")
+    tiny_layers: int = option(2, "tiny:<family> models: transformer layers")
+    tiny_hidden_dim: int = option(128, "tiny:<family> models: hidden size")
+    # Data.
+    task: str = option(
+        "digit_sum", "built-in task (arithmetic: one exact answer; digit_sum, digit_sum_wide: "
+        "many answers) or a data file (GSM8K / MATH / DAPO-Math fields)")
+    eval_data: str | None = option(
+        None, "file of held-out problems (default: a hash split of --task)")
+    reward: str | None = option(
+        None, "reward name (math, digit_sum) or package.module:function; default: the "
+        "task's own (built-in tasks) or math (files)")
+    held_out_fraction: float = option(
+        0.2, "share of the task's prompts held out for evaluation (hash split)")
+    num_eval_prompts: int = option(32, "held-out prompts evaluated")
+    # Supervised warm start.
+    warm_start_steps: int | None = option(
+        None, f"supervised warm-start steps before GRPO (built-in tasks only; none: "
+        f"{WARM_START_STEPS} for a built-in task, 0 for a data file)")
+    warm_start_batch_size: int = option(64, "warm-start batch size")
+    warm_start_learning_rate: float = option(3e-3, "warm-start learning rate (Adam)")
     # Rollouts.
-    steps: int = 40
-    prompts_per_step: int = 8
-    group_size: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_prompt_tokens: int = 24
-    max_new_tokens: int = 28
+    steps: int = option(40, "GRPO steps (one rollout batch each)")
+    prompts_per_step: int = option(8, "prompts per step")
+    group_size: int = option(8, "completions sampled per prompt (the group)")
+    temperature: float = option(1.0, "sampling temperature of the rollouts (and of the loss)")
+    top_p: float = option(1.0, "top-p of the rollouts")
+    max_prompt_tokens: int = option(24, "longest prompt, in tokens (longer ones are an error)")
+    max_new_tokens: int = option(28, "longest response, in tokens")
     # Optimisation. On the tiny warm-started Qwen, 3e-4 lost accuracy within 60 steps
     # (0.94 -> ~0.6 on training rollouts) while 3e-5 raised it.
-    learning_rate: float = 3e-5
-    clip_epsilon: float = 1.0
-    clip_epsilon_high: float | None = None
-    dual_clip: float | None = 10.0
-    kl_coef: float = 0.0
-    updates_per_rollout: int = 1
+    learning_rate: float = option(3e-5, "Adam learning rate (peak, after warm-up)")
+    clip_epsilon: float = option(1.0, "PPO clip: ratio clipped below at 1 - epsilon")
+    clip_epsilon_high: float | None = option(
+        None, "PPO clip above at 1 + epsilon_high (none: clip_epsilon; DAPO's clip-higher)")
+    dual_clip: float | None = option(
+        10.0, "dual clip c: a negative-advantage token's loss is at most -c * A (none: off)")
+    kl_coef: float = option(
+        0.0, "weight of the KL penalty to the initial (post warm start) model")
+    updates_per_rollout: int = option(1, "optimizer steps per batch of rollouts (PPO epochs)")
     # Recipes (TRL / verl names): loss aggregation, advantage scaling, DAPO's extras.
-    loss_type: str = "dapo"
-    scale_rewards: str = "group"
-    dynamic_sampling: bool = False
-    max_sampling_rounds: int = 3
-    mask_truncated_completions: bool = False
-    overlong_buffer_len: int = 0
-    overlong_penalty_factor: float = 1.0
+    loss_type: str = option("dapo", f"loss aggregation, TRL's meanings: {', '.join(LOSS_TYPES)}")
+    scale_rewards: str = option(
+        "group", f"advantage scaling: {', '.join(SCALE_REWARDS)} (std of the group, the "
+        "batch, or none)")
+    dynamic_sampling: bool = option(
+        False, "DAPO: drop groups whose rewards are all equal and sample more prompts")
+    max_sampling_rounds: int = option(3, "dynamic sampling: most rounds per step")
+    mask_truncated_completions: bool = option(
+        False, "leave responses cut off at --max-new-tokens out of the loss")
+    overlong_buffer_len: int = option(
+        0, "DAPO overlong penalty: the last N tokens before --max-new-tokens are penalised "
+        "(0: off)")
+    overlong_penalty_factor: float = option(1.0, "DAPO overlong penalty at the limit")
     # ERA.
-    era: bool = True
-    era_k: float = 2.0
-    omega_low: float = 0.45
-    omega_high: float = 3.0
-    top_fraction: float = 0.2
-    era_top_k: int | None = None
-    scale_advantages: bool = True
+    era: bool = option(True, "logit ERA on (--no-era: the vanilla GRPO baseline)")
+    era_k: float = option(2.0, "ERA: the logit scale k (>= 1; 1 is vanilla GRPO)")
+    omega_low: float = option(
+        0.45, "ERA: responses with H_resp below this (and A > 0) get logits x k; choose it "
+        "from the logged H_resp distribution (authors: 0.45 for a ~150k vocabulary)")
+    omega_high: float = option(
+        3.0, "ERA: responses with H_resp above this (and A > 0) get logits / k")
+    top_fraction: float = option(
+        0.2, "ERA: H_resp is the mean entropy of a response's top fraction of tokens by "
+        "entropy")
+    era_top_k: int | None = option(
+        None, "renormalise ERA log-probs over the top-k logits (authors' scripts: 20; "
+        "applied to both arms)")
+    scale_advantages: bool = option(
+        True, "ERA also rescales advantages (A/k low, kA high); on in the authors' shipped "
+        "script (adv_scale=True)")
     # Evaluation.
-    eval_every: int = 20
-    eval_samples: int = 8
-    eval_temperature: float = 1.0
-    eval_top_p: float = 1.0
+    eval_every: int = option(20, "evaluate every N steps (and at the last)")
+    eval_samples: int = option(8, "samples per held-out prompt (pass@k, mean accuracy)")
+    eval_temperature: float = option(1.0, "evaluation sampling temperature")
+    eval_top_p: float = option(1.0, "evaluation top-p")
     # Scale-out: devices (JAX), LoRA, precision, schedule (see distribution.py, optim.py).
-    distribution: str = "none"
-    lora_rank: int = 0  # 0: full fine-tuning
-    dtype: str = "float32"
-    grad_accum_steps: int = 1
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
+    distribution: str = option(
+        "none", "none | data | model:BxM (KERAS_BACKEND=jax): data parallel over every "
+        "device, or weights sharded by the backbone's layout map on a (batch B, model M) "
+        "mesh with B x M = the device count")
+    lora_rank: int = option(
+        0, "train rank-R LoRA pairs on the attention's query/value projections only (0: full "
+        "fine-tuning); the export merges them into a full preset")
+    dtype: str = option(
+        "float32", "float32 | bfloat16 (weights and compute) | mixed_bfloat16 (float32 "
+        "weights); the loss's log-softmax and entropies run in float32")
+    grad_accum_steps: int = option(
+        1, "split each update's batch into N micro-batches and average their gradients (N "
+        "must divide prompts_per_step x group_size)")
+    lr_schedule: str = option("constant", "constant | cosine (to 0 at the last update), "
+                              "after --warmup-steps")
+    warmup_steps: int = option(0, "optimizer updates of linear learning-rate warm-up")
     # Bookkeeping.
-    seed: int = 0
-    run_dir: str = "runs/grpo"
-    checkpoint_every: int = 10
-    experiment: str = "grpo"
-    run_name: str | None = None
+    seed: int = option(0, "seed of the model's init, prompts, samples and evaluation")
+    run_dir: str = option(
+        "runs/grpo", "checkpoints, history and exports; rerun with the same --run-dir to "
+        "resume")
+    checkpoint_every: int = option(10, "checkpoint every N steps (and at the last)")
+    experiment: str = option("grpo", "MLflow experiment")
+    run_name: str | None = option(None, "MLflow run name (none: pipeline, model, task, arm, "
+                                  "seed)")
 
     def __post_init__(self):
         problems = Problems("GRPO settings")
+        is_file = self.task.endswith(TASK_FILE_SUFFIXES)
+        if self.warm_start_steps is None:
+            self.warm_start_steps = 0 if is_file else WARM_START_STEPS
         for name in ["tiny_layers", "tiny_hidden_dim", "num_eval_prompts", "steps",
                      "prompts_per_step", "max_prompt_tokens", "max_new_tokens",
                      "updates_per_rollout", "eval_every", "eval_samples", "checkpoint_every",
@@ -111,6 +159,8 @@ class GRPOConfig:
                        f"dual_clip must be > 1 or none (got {self.dual_clip})")
         problems.at_least("kl_coef", self.kl_coef, 0)
         problems.at_least("era_k", self.era_k, 1)
+        # H_resp is an entropy: never negative, so a negative threshold is a typo.
+        problems.at_least("omega_low", self.omega_low, 0)
         problems.check(self.omega_low <= self.omega_high,
                        f"omega_low ({self.omega_low}) must not exceed omega_high "
                        f"({self.omega_high})")
@@ -118,10 +168,16 @@ class GRPOConfig:
             not self.model.startswith("tiny:") or self.model[5:] in TINY_FAMILIES,
             f"tiny model family must be one of {', '.join(TINY_FAMILIES)} (got {self.model!r})")
         problems.check(
-            self.task in BUILTIN_TASKS or self.task.endswith((".jsonl", ".json")),
-            f"task must be one of {', '.join(BUILTIN_TASKS)} or a .jsonl file (got {self.task!r})")
+            self.task in BUILTIN_TASKS or is_file,
+            f"task must be one of {', '.join(BUILTIN_TASKS)} or a "
+            f"{'/'.join(TASK_FILE_SUFFIXES)} file (got {self.task!r})")
+        for name in ("task", "eval_data"):
+            path = getattr(self, name)
+            if path and path.endswith(TASK_FILE_SUFFIXES):
+                problems.check(pathlib.Path(path).is_file(),
+                               f"{name} file {path} does not exist")
         problems.check(
-            not self.task.endswith((".jsonl", ".json")) or self.warm_start_steps == 0,
+            not is_file or self.warm_start_steps == 0,
             "warm_start_steps must be 0 for a JSONL task: the supervised warm start needs the "
             f"worked solutions that only the built-in tasks ({', '.join(BUILTIN_TASKS)}) have")
         problems.choice("loss_type", self.loss_type, LOSS_TYPES)
@@ -172,7 +228,7 @@ class GRPOConfig:
 # is 3x the training batch (768 prompts sampled per round for 256 kept) and the number of
 # rounds is unbounded; here one round samples `prompts_per_step` prompts and at most
 # `max_sampling_rounds` rounds run before the batch is filled with groups without signal.
-RECIPES = {
+PRESETS = {
     "era-paper": dict(
         era=True, era_k=2.0, omega_low=0.45, omega_high=3.0, era_top_k=20,
         scale_advantages=True,

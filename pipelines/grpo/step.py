@@ -3,7 +3,8 @@
 `make_train_step(model, optimizer, loss_fn)` returns `train_step(batch, old_log_probs,
 reference_log_probs)`, which computes `loss_fn(model, batch, old_log_probs,
 reference_log_probs)` (a `GRPOLossInfo`), takes its gradient with respect to the model's
-trainable weights, applies one optimizer step and returns the loss info.
+trainable weights, applies one optimizer step and returns the loss info, with the global
+norm of the gradient added to its extras as `grad_norm` (a NaN there stops the run).
 
 - TensorFlow: `tf.GradientTape` inside one XLA-compiled `tf.function`.
 - JAX: the model is called statelessly (`keras.StatelessScope` over the variable values),
@@ -37,7 +38,7 @@ def _tensorflow_train_step(model, optimizer, loss_fn):
             info = loss_fn(model, batch, old_log_probs, reference_log_probs)
         grads = tape.gradient(info.loss, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)
-        return info
+        return _with_grad_norm(info, tf.linalg.global_norm([tf.cast(g, "float32") for g in grads]))
 
     return train_step
 
@@ -57,7 +58,9 @@ def _jax_train_step(model, optimizer, loss_fn):
         (_, info), grads = jax.value_and_grad(stateless_loss, has_aux=True)(
             trainable, non_trainable, batch, old, ref)
         trainable, optimizer_vars = optimizer.stateless_apply(optimizer_vars, grads, trainable)
-        return trainable, optimizer_vars, info
+        norm = jax.numpy.sqrt(sum(jax.numpy.sum(jax.numpy.square(g.astype("float32")))
+                                  for g in grads))
+        return trainable, optimizer_vars, _with_grad_norm(info, norm)
 
     def train_step(batch, old_log_probs, reference_log_probs):
         trainable, optimizer_vars, info = stateless_step(
@@ -72,3 +75,7 @@ def _jax_train_step(model, optimizer, loss_fn):
         return info
 
     return train_step
+
+
+def _with_grad_norm(info, norm):
+    return info._replace(extra={**info.extra, "grad_norm": norm})

@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 
+from pipelines.common.checkpoints import CheckpointFallbackWarning
 from pipelines.common.errors import CorruptCheckpointError
 from pipelines.grpo.checkpoint import (
     checkpoints,
@@ -52,7 +53,7 @@ def test_truncated_newest_weights_fall_back_to_the_previous_checkpoint_with_a_wa
     run_dir, weights = saved_run
     damaged = latest_checkpoint(run_dir) / "preset" / "model.weights.h5"
     damaged.write_bytes(damaged.read_bytes()[:200])
-    with pytest.warns(UserWarning, match=r"step-0000003.*cannot be loaded"):
+    with pytest.warns(CheckpointFallbackWarning, match=r"step-0000003.*cannot be loaded"):
         restored = restore_checkpoint(run_dir)
     assert restored.step == 2
     np.testing.assert_array_equal(_first_weight(restored), weights[2])
@@ -62,7 +63,7 @@ def test_empty_state_files_everywhere_raise_one_error_naming_the_file_and_the_wa
     run_dir, _ = saved_run
     for checkpoint in checkpoints(run_dir):
         (checkpoint / "state.json").write_text("")
-    with pytest.warns(UserWarning), pytest.raises(CorruptCheckpointError) as caught:
+    with pytest.warns(CheckpointFallbackWarning), pytest.raises(CorruptCheckpointError) as caught:
         restore_checkpoint(run_dir)
     message = str(caught.value)
     assert "step-0000003/state.json" in message and "it is empty" in message

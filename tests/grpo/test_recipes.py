@@ -9,7 +9,8 @@ import pytest
 from pipelines.common.errors import run_cli
 from pipelines.grpo import rewards
 from pipelines.grpo.__main__ import main
-from pipelines.grpo.config import RECIPES, GRPOConfig
+from pipelines.grpo.checkpoint import load_reference, restore_checkpoint
+from pipelines.grpo.config import PRESETS, GRPOConfig
 from pipelines.grpo.train import GRPOTrainer, build_causal_lm, load_problems, run
 
 TINY = dict(model="tiny:qwen", task="arithmetic", tiny_layers=1, tiny_hidden_dim=32,
@@ -47,21 +48,23 @@ def test_dynamic_sampling_drops_groups_whose_rewards_are_all_equal(
         tmp_path, even_answers_always_right):
     trainer = _trainer(tmp_path, reward=even_answers_always_right, dynamic_sampling=True,
                        max_sampling_rounds=8, group_size=8)
-    assert any(_even(trainer.sample_prompts(1)))  # without filtering, some would be kept
-    rollout, _, task_rewards, advantages, sampling = trainer.rollout(1)
+    assert any(_even(trainer.sampler.prompts(1)))  # without filtering, some would be kept
+    batch = trainer.sampler.sample(1)
+    rollout, task_rewards, advantages, sampling = (
+        batch.rollout, batch.task_rewards, batch.advantages, batch.stats)
     groups = task_rewards.reshape(4, 8)
     # Every kept group carries signal; no prompt with an even answer is left in the batch.
     assert np.all(groups.std(axis=1) > 0)
     kept_prompts = {rollout.prompts[g * 8] for g in range(4)}
     even_prompts = {p.prompt for r in range(1, sampling["sampling_rounds"] + 1)
-                    for p, even in zip(trainer.sample_prompts(1, r),
-                                       _even(trainer.sample_prompts(1, r))) if even}
+                    for p, even in zip(trainer.sampler.prompts(1, r),
+                                       _even(trainer.sampler.prompts(1, r))) if even}
     assert not kept_prompts & even_prompts
     sampled = 4 * sampling["sampling_rounds"]
     # Dropped: at least the even-answer groups drawn (odd ones rarely lack signal).
     assert sampling["share_groups_dropped"] >= len(
         [e for r in range(1, sampling["sampling_rounds"] + 1)
-         for e in _even(trainer.sample_prompts(1, r)) if e]) / sampled - 1e-9
+         for e in _even(trainer.sampler.prompts(1, r)) if e]) / sampled - 1e-9
     assert sampling["share_groups_dropped"] > 0 and sampling["sampling_rounds"] >= 1
     assert advantages.shape == (32,)
 
@@ -70,9 +73,10 @@ def test_dynamic_sampling_fills_a_short_batch_with_dropped_groups(
         tmp_path, even_answers_always_right):
     trainer = _trainer(tmp_path, reward=even_answers_always_right, dynamic_sampling=True,
                        max_sampling_rounds=1)
-    evens = sum(_even(trainer.sample_prompts(1)))
+    evens = sum(_even(trainer.sampler.prompts(1)))
     assert evens > 0
-    rollout, _, _, advantages, sampling = trainer.rollout(1)
+    batch = trainer.sampler.sample(1)
+    rollout, advantages, sampling = batch.rollout, batch.advantages, batch.stats
     assert rollout.token_ids.shape[0] == 16  # the shape never changes
     assert sampling["sampling_rounds"] == 1
     assert sampling["share_groups_dropped"] >= evens / 4
@@ -88,13 +92,13 @@ def test_masked_truncated_completions_give_no_gradient(tmp_path):
         trainer = _trainer(tmp_path / str(mask), max_new_tokens=2, overlong_buffer_len=0,
                            mask_truncated_completions=mask, learning_rate=1e-2,
                            reward="math")
-        rollout, rewards_, _, advantages, _ = trainer.rollout(1)
+        rollout, advantages = trainer.sampler.sample(1).rollout, None
         stop = trainer.generator.stop_token_ids
         ended = [(np.isin(ids, stop) & m).any() for ids, m in
                  zip(rollout.token_ids, rollout.response_mask)]
         np.testing.assert_array_equal(rollout.truncated, ~np.array(ended))
         rollout.truncated = np.ones_like(rollout.truncated)
-        advantages = np.linspace(-1, 1, advantages.size).astype("float32")  # force signal
+        advantages = np.linspace(-1, 1, len(rollout.token_ids)).astype("float32")  # signal
         before = [np.array(v) for v in trainer.causal_lm.trainable_variables]
         trainer.update(rollout, advantages)
         after = [np.array(v) for v in trainer.causal_lm.trainable_variables]
@@ -107,16 +111,16 @@ def test_several_updates_per_rollout_use_the_rollout_policys_era_decision(tmp_pa
     even though three large optimizer steps change the policy in between."""
     trainer = _trainer(tmp_path, updates_per_rollout=3, learning_rate=5e-2, reward="math",
                        omega_low=0.0, omega_high=100.0)
-    rollout, _, _, advantages, _ = trainer.rollout(1)
-    advantages = np.linspace(-1, 1, advantages.size).astype("float32")
+    rollout = trainer.sampler.sample(1).rollout
+    advantages = np.linspace(-1, 1, len(rollout.token_ids)).astype("float32")
     batch = {"token_ids": rollout.token_ids, "padding_mask": rollout.padding_mask,
              "response_mask": rollout.response_mask.astype("float32"),
              "advantages": advantages}
-    logits, tokens, mask = trainer._policy_outputs(trainer.causal_lm, batch)
+    logits, tokens, mask = trainer.policy_update.outputs(trainer.causal_lm, batch)
     before = np.asarray(trainer.era((logits, tokens, advantages, mask))["response_entropy"])
     info = trainer.update(rollout, advantages)
     np.testing.assert_allclose(np.asarray(info.extra["response_entropy"]), before, rtol=1e-5)
-    logits, tokens, mask = trainer._policy_outputs(trainer.causal_lm, batch)
+    logits, tokens, mask = trainer.policy_update.outputs(trainer.causal_lm, batch)
     after = np.asarray(trainer.era((logits, tokens, advantages, mask))["response_entropy"])
     assert np.max(np.abs(after - before)) > 1e-3  # the policy did move
 
@@ -124,23 +128,30 @@ def test_several_updates_per_rollout_use_the_rollout_policys_era_decision(tmp_pa
 @pytest.mark.slow
 def test_a_resumed_run_keeps_its_kl_reference(tmp_path, tracking_uri):
     settings = dict(TINY, kl_coef=0.1, learning_rate=1e-2, reward="math", eval_every=10)
-    first = run(GRPOConfig(steps=1, run_dir=str(tmp_path / "run"), **settings),
-                tracking_uri=tracking_uri, export=False, progress=False)
-    reference = [np.array(w) for w in first.reference.backbone.get_weights()]
-    trained = [np.array(w) for w in first.causal_lm.backbone.get_weights()]
+    run_dir = tmp_path / "run"
+    run(GRPOConfig(steps=1, run_dir=str(run_dir), **settings),
+        tracking_uri=tracking_uri, export=False, progress=False)
+    reference = [np.array(w) for w in load_reference(run_dir).backbone.get_weights()]
+    trained = [np.array(w) for w in restore_checkpoint(run_dir).causal_lm.backbone.get_weights()]
     assert any(not np.allclose(a, b) for a, b in zip(reference, trained))
-    assert (tmp_path / "run" / "reference" / "config.json").exists()
-    resumed = run(GRPOConfig(steps=2, run_dir=str(tmp_path / "run"), **settings),
-                  tracking_uri=tracking_uri, export=False, progress=False)
+    assert (run_dir / "reference" / "config.json").exists()
+    # The resumed run's trainer is built from the run dir, its reference loaded from there.
+    config = GRPOConfig(steps=2, run_dir=str(run_dir), **settings)
+    checkpoint = restore_checkpoint(run_dir)
+    resumed = GRPOTrainer(config, checkpoint.causal_lm, *load_problems(config))
+    resumed.prepare_sampling(run_dir)
     for a, b in zip(resumed.reference.backbone.get_weights(), reference):
         np.testing.assert_array_equal(np.array(a), b)
+    assert run(config, tracking_uri=tracking_uri, export=False, progress=False)["step"] == 2
 
 
-def test_era_paper_recipe_is_the_authors_script_and_print_config_shows_it(capsys):
-    assert run_cli(main, ["--recipe", "era-paper", "--task", "data.jsonl",
+def test_era_paper_preset_is_the_authors_script_and_print_config_shows_it(capsys, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    assert run_cli(main, ["--preset", "era-paper", "--task", str(data),
                           "--print-config"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    for key, value in RECIPES["era-paper"].items():
+    for key, value in PRESETS["era-paper"].items():
         assert printed[key] == value, key
     # The shipped script: adv_scale=True, topk=True (20), clip 1.0 / 1.0, dual clip 10,
     # lr 1e-6, 8 responses per prompt, filter groups on, token-mean, no KL.
@@ -150,7 +161,7 @@ def test_era_paper_recipe_is_the_authors_script_and_print_config_shows_it(capsys
     assert printed["learning_rate"] == 1e-6 and printed["group_size"] == 8
     assert printed["dynamic_sampling"] is True and printed["loss_type"] == "dapo"
     assert printed["kl_coef"] == 0.0
-    # Flags given on the command line win over the recipe.
-    assert run_cli(main, ["--recipe", "era-paper", "--task", "data.jsonl",
+    # Flags given on the command line win over the preset.
+    assert run_cli(main, ["--preset", "era-paper", "--task", str(data),
                           "--group-size", "4", "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["group_size"] == 4
