@@ -35,6 +35,7 @@ def step_metrics(config, batch, info, seconds):
             "kl": info.extra["kl"],
             "clip_fraction": info.extra["clip_fraction"],
             "grad_norm": info.extra.get("grad_norm"),
+            "weight_norm": info.extra.get("weight_norm"),
         }),
         **grouped("entropy", {
             "h_resp_mean": h.mean(),

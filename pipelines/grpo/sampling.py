@@ -58,7 +58,7 @@ class GroupSampler:
         rollout = self.generator.generate([p.prompt for p in grouped], "train",
                                           seed=c.seed * 1_000_003 + step,
                                           stream=sampling_round - 1)
-        rewards = np.array([score(self.reward_fns[p.reward], text, p.reference)
+        rewards = np.array([self.reward_fns[p.reward](text, p.reference)
                             for p, text in zip(grouped, rollout.completions)], "float32")
         return rollout, rewards
 
@@ -91,16 +91,21 @@ class GroupSampler:
                    "overlong_penalty": penalty.mean()})
 
 
-def score(reward_fn, completion, reference):
-    """`reward_fn(completion, reference)` as a float; anything else is the user's to fix."""
-    value = reward_fn(completion, reference)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = None
-    if number is None or isinstance(value, (str, bytes)) or not np.isfinite(number):
-        name = getattr(reward_fn, "__qualname__", repr(reward_fn))
-        raise UserError(
-            f"reward {name} returned {value!r} ({type(value).__name__}) for a completion; a "
-            "reward must return a finite number (e.g. 1.0 / -1.0)")
-    return number
+def checked_reward(reward_fn):
+    """`reward_fn` returning a float; a reward that returns anything but a finite number
+    (a user's `--reward module:function`) is a UserError naming it."""
+    name = getattr(reward_fn, "__qualname__", repr(reward_fn))
+
+    def reward(completion, reference):
+        value = reward_fn(completion, reference)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or isinstance(value, (str, bytes)) or not np.isfinite(number):
+            raise UserError(
+                f"reward {name} returned {value!r} ({type(value).__name__}) for a completion; "
+                "a reward must return a finite number (e.g. 1.0 / -1.0)")
+        return number
+
+    return reward

@@ -4,7 +4,8 @@
 reference_log_probs)`, which computes `loss_fn(model, batch, old_log_probs,
 reference_log_probs)` (a `GRPOLossInfo`), takes its gradient with respect to the model's
 trainable weights, applies one optimizer step and returns the loss info, with the global
-norm of the gradient added to its extras as `grad_norm` (a NaN there stops the run).
+norms of the gradient and of the updated weights added to its extras as `grad_norm` and
+`weight_norm` (float32: a norm that is not finite stops the run).
 
 - TensorFlow: `tf.GradientTape` inside one XLA-compiled `tf.function`.
 - JAX: the model is called statelessly (`keras.StatelessScope` over the variable values),
@@ -38,7 +39,7 @@ def _tensorflow_train_step(model, optimizer, loss_fn):
             info = loss_fn(model, batch, old_log_probs, reference_log_probs)
         grads = tape.gradient(info.loss, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)
-        return _with_grad_norm(info, tf.linalg.global_norm([tf.cast(g, "float32") for g in grads]))
+        return _with_norms(info, _tf_norm(tf, grads), _tf_norm(tf, model.trainable_variables))
 
     return train_step
 
@@ -58,9 +59,7 @@ def _jax_train_step(model, optimizer, loss_fn):
         (_, info), grads = jax.value_and_grad(stateless_loss, has_aux=True)(
             trainable, non_trainable, batch, old, ref)
         trainable, optimizer_vars = optimizer.stateless_apply(optimizer_vars, grads, trainable)
-        norm = jax.numpy.sqrt(sum(jax.numpy.sum(jax.numpy.square(g.astype("float32")))
-                                  for g in grads))
-        return trainable, optimizer_vars, _with_grad_norm(info, norm)
+        return trainable, optimizer_vars, _with_norms(info, _jax_norm(grads), _jax_norm(trainable))
 
     def train_step(batch, old_log_probs, reference_log_probs):
         trainable, optimizer_vars, info = stateless_step(
@@ -77,5 +76,15 @@ def _jax_train_step(model, optimizer, loss_fn):
     return train_step
 
 
-def _with_grad_norm(info, norm):
-    return info._replace(extra={**info.extra, "grad_norm": norm})
+def _with_norms(info, grad_norm, weight_norm):
+    return info._replace(extra={**info.extra, "grad_norm": grad_norm, "weight_norm": weight_norm})
+
+
+def _tf_norm(tf, tensors):
+    return tf.linalg.global_norm([tf.cast(t, "float32") for t in tensors])
+
+
+def _jax_norm(arrays):
+    import jax.numpy as jnp
+
+    return jnp.sqrt(sum(jnp.sum(jnp.square(a.astype("float32"))) for a in arrays))

@@ -9,8 +9,9 @@ With more than one update per rollout, pi_old is the rollout policy, and ERA dec
 once, on its logits: the scales and A' it picks are used for the old and the new log-probs
 alike, so the ratio compares one distribution at two parameter values.
 
-A loss or gradient that is not finite stops the run (`NonFiniteUpdate`), as TF-Agents'
-`check_numerics` does for SAC: the weights it produced are never checkpointed.
+A loss, gradient or updated weights whose float32 norm is not finite stop the run
+(`NonFiniteUpdate`), as TF-Agents' `check_numerics` does for SAC: the weights such an
+update produced are never checkpointed.
 """
 
 import numpy as np
@@ -147,12 +148,13 @@ class PolicyUpdate:
 def check_finite(info, step=None):
     """Raise NonFiniteUpdate when the loss or the gradient norm is NaN or infinite."""
     bad = [name for name, value in (("loss", info.loss),
-                                    ("gradient norm", info.extra.get("grad_norm", 0.0)))
+                                    ("gradient norm", info.extra.get("grad_norm", 0.0)),
+                                    ("weight norm", info.extra.get("weight_norm", 0.0)))
            if not np.isfinite(value)]
     if bad:
         at = f"step {step}" if step is not None else "an update"
         raise NonFiniteUpdate(
             f"GRPO {at}: the {' and the '.join(bad)} {'is' if len(bad) == 1 else 'are'} not "
-            "finite, so the run stopped before checkpointing the weights it produced; the last "
-            "good checkpoint is kept: lower --learning-rate (or check the rewards), then rerun "
-            "to resume from it")
+            "finite (float32), so the run stopped before checkpointing the weights it produced "
+            "and the run dir keeps its last good checkpoint; lower --learning-rate (a new "
+            "--run-dir) or check the rewards")
