@@ -92,10 +92,12 @@ def warm_start_preset(work, regime, s):
     trainer.prepare_sampling()
     entropies, accuracy = [], []
     for step in range(1, s["calibration_steps"] + 1):
-        rollout, _, task_rewards, advantages, _ = trainer.rollout(100_000 + step)
+        sampled = trainer.sampler.sample(100_000 + step)
+        rollout, task_rewards, advantages = (sampled.rollout, sampled.task_rewards,
+                                             sampled.advantages)
         batch = {"token_ids": rollout.token_ids, "padding_mask": rollout.padding_mask,
                  "response_mask": rollout.response_mask.astype("float32")}
-        logits, tokens, mask = trainer._policy_outputs(trainer.causal_lm, batch)
+        logits, tokens, mask = trainer.policy_update.outputs(trainer.causal_lm, batch)
         out = trainer.era((logits, tokens, advantages, mask))
         entropies.append(np.asarray(out["response_entropy"]))
         accuracy.append(float((task_rewards > 0).mean()))

@@ -72,12 +72,13 @@ def measure_entropy(args, preset, base):
     trainer.prepare_sampling()
     entropies, accuracy = [], []
     for step in range(1, args.calibration_steps + 1):
-        rollout, rewards, advantages = trainer.rollout(10_000 + step)
-        info = trainer._loss(trainer.causal_lm, {
-            "token_ids": rollout.token_ids, "padding_mask": rollout.padding_mask,
-            "response_mask": rollout.response_mask.astype("float32"),
-            "advantages": advantages})
-        entropies.append(np.asarray(info.extra["response_entropy"]))
+        sampled = trainer.sampler.sample(10_000 + step)
+        rollout, rewards, advantages = sampled.rollout, sampled.rewards, sampled.advantages
+        batch = {"token_ids": rollout.token_ids, "padding_mask": rollout.padding_mask,
+                 "response_mask": rollout.response_mask.astype("float32")}
+        logits, tokens, mask = trainer.policy_update.outputs(trainer.causal_lm, batch)
+        out = trainer.era((logits, tokens, advantages, mask))
+        entropies.append(np.asarray(out["response_entropy"]))
         accuracy.append((rewards > 0).mean())
     return np.concatenate(entropies), float(np.mean(accuracy)), trainer.evaluate()
 
@@ -129,9 +130,9 @@ def main():
                 omega_high=omega_high, seed=seed, experiment="grpo_quality_benchmark",
                 run_name=f"{arm}-seed{seed}", run_dir=str(work / f"{arm}-seed{seed}"), **base)
             t0 = time.time()
-            trainer = run(config, tracking_uri=tracking_uri, export=False)
+            summary = run(config, tracking_uri=tracking_uri, export=False)
             runs[arm].append({"seed": seed, "seconds": time.time() - t0,
-                              "history": trainer.history})
+                              "history": summary["history"]})
             print(f"{arm} seed {seed}: {time.time() - t0:.0f}s", flush=True)
     k = args.eval_samples
     summaries = {arm: [summarise(r["history"], omega_low, k) for r in rs]
