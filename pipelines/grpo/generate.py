@@ -163,8 +163,8 @@ def check_request(token_ids, lengths, temperature, top_p, max_new_tokens, vocabu
     prompt = tf.range(width)[None, :] < lengths[:, None]
     values = [
         require_in_range(lengths, 1, width + 1,
-                         "lengths must be in [1, width], width = token_ids' second "
-                         "dimension", "width", width),
+                         "lengths must be in [1, width], width = the second "
+                         "dimension of token_ids", "width", width),
         require_in_range(tf.where(prompt, token_ids, tf.zeros_like(token_ids)), 0,
                          vocabulary_size,
                          f"prompt token ids must be in [0, {vocabulary_size}) (the "
