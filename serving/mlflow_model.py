@@ -12,8 +12,8 @@ are recorded in the model's metadata (`serving_inputs`, `serving_outputs`) inste
 
     python -m pipelines.export --run-id <id> --export-base exports --model-name image \\
         --log-mlflow-model
-    PATH=.venv/bin:"$PATH" mlflow models serve -m models:/<model id> -h 127.0.0.1 -p 5000 \\
-        --env-manager local
+    env PATH=.venv/bin:"$PATH" mlflow models serve -m models:/<model id> -h 127.0.0.1 \\
+        -p 5000 --env-manager local
 
 (`serve_command` writes that line with this environment's paths: `mlflow models serve`
 starts its server as `uvicorn` found on PATH, so it fails unless the environment's bin
@@ -85,7 +85,7 @@ def serve_command(model_uri, host="127.0.0.1", port=5000):
     """The shell command that serves `model_uri` with this environment's MLflow, whether or
     not the environment is activated."""
     bin_dir = pathlib.Path(sys.executable).parent  # not resolved: a venv's python is a link
-    return (f'PATH={shlex.quote(str(bin_dir))}:"$PATH" '
+    return (f'env PATH={shlex.quote(str(bin_dir))}:"$PATH" '
             f"{shlex.quote(str(bin_dir / 'mlflow'))} models serve -m {shlex.quote(model_uri)} "
             f"-h {host} -p {port} --env-manager local")
 
