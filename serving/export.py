@@ -140,11 +140,13 @@ def check_loads_standalone(saved_model_dir, signature_name=SERVING_SIGNATURE):
     Keras, TF-Agents or tfp, and run `check_requests` on it; returns the outputs of the
     first. Raises StandaloneLoadError when it does not load or a request fails."""
     requests = check_requests(saved_model_dir, signature_name)
+    request = ("its own warm-up request" if read_warmup_requests(saved_model_dir)
+               else "zeros (it has no warm-up requests, serving.warmup, to run instead)")
     outputs = []
     for (signature, _), result in zip(requests, run_standalone(saved_model_dir, requests)):
         if isinstance(result, Refused):
-            what = (f"The SavedModel at {saved_model_dir} refused its own example request "
-                    f"to {signature!r}, {result.kind}: {result.message}")
+            what = (f"The SavedModel at {saved_model_dir} refused {request} to "
+                    f"{signature!r}, {result.kind}: {result.message}")
             raise StandaloneLoadError(what, what)
         outputs.append(result)
     return outputs[0]

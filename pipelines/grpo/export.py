@@ -14,7 +14,7 @@
 - `pipelines.grpo.generate.export_generate_savedmodel`: the sampling servable
   (`<model>_generate`), token ids in, new token ids out; a request asks for at most
   `max_new_tokens_limit` new tokens (`--max-new-tokens-limit`; default: the model's
-  sequence length).
+  sequence length, at least 64).
 
 Neither SavedModel holds the tokenizer (`models.network_only`): tokenizer ops such as
 Gemma's `SentencepieceOp` need tensorflow-text, which TF Serving lacks. Clients tokenize.
@@ -157,7 +157,7 @@ def main(argv=None):
     parser.add_argument("--version", type=int, default=None)
     parser.add_argument("--max-new-tokens-limit", type=int, default=None,
                         help="the most new tokens a request to the generate servable may "
-                        "ask for (default: the model's sequence length)")
+                        "ask for (default: the model's sequence length, at least 64)")
     args = parser.parse_args(argv)
     if args.max_new_tokens_limit is not None and args.max_new_tokens_limit < 1:
         parser.error(f"--max-new-tokens-limit must be >= 1 (got {args.max_new_tokens_limit})")

@@ -1,7 +1,7 @@
 """A SavedModel that generates: the causal LM's cached decode loop as a `tf.function`.
 
 `export_generate_savedmodel(causal_lm, export_base, model_name)` writes
-`<export_base>/<model_name>/<version>/` (TF Serving's layout) with two signatures:
+`<export_base>/<model_name>/<version>/` (TF Serving's layout) with three signatures:
 
 - `serving_default`: `token_ids` (int32, (batch, prompt width): prompts left-aligned,
   padded with anything) and `lengths` (int32, (batch,): each prompt's token count) ->
@@ -22,11 +22,11 @@ and one outside these limits is answered with InvalidArgumentError (gRPC
 INVALID_ARGUMENT, HTTP 400) stating the limit: `lengths` in [1, prompt width], one per
 row; prompt token ids in [0, vocabulary size) (padding is not read); `max_new_tokens`
 in [1, max_new_tokens_limit], a limit fixed at export (default: the model's sequence
-length, the prompt and response tokens it was trained on), so no request can make the
-server allocate without bound; `temperature` finite and >= 0 (0 = greedy; a negative
-one is an error, not greedy); `top_p` in (0, 1]. An empty batch gets an empty result.
-The export writes a warm-up request (`serving.warmup`), which TF Serving replays when
-it loads the model.
+length, the prompt and response tokens it was trained on, and at least 64), so no
+request can make the server allocate without bound; `temperature` finite and >= 0
+(0 = greedy; a negative one is an error, not greedy); `top_p` in (0, 1]. An empty batch
+gets an empty result. The export writes warm-up requests (`serving.warmup`), which TF
+Serving replays when it loads the model.
 
 The decode loop is keras-hub's own (`CausalLM.generate_step`: one forward pass builds the
 key/value cache, then one token per step, stopping when every row has produced an end
@@ -192,10 +192,10 @@ def checked_generate_function(generate, vocabulary_size, max_new_tokens_limit):
 
 def default_max_new_tokens_limit(causal_lm):
     """The model's sequence length (its preprocessor's: prompt plus response tokens in
-    GRPO training), else DEFAULTS' max_new_tokens."""
+    GRPO training), and at least DEFAULTS' max_new_tokens (what serving_default generates)."""
     preprocessor = getattr(causal_lm, "preprocessor", None)
-    length = getattr(preprocessor, "sequence_length", None)
-    return int(length) if length else DEFAULTS["max_new_tokens"]
+    length = getattr(preprocessor, "sequence_length", None) or 0
+    return max(int(length), DEFAULTS["max_new_tokens"])
 
 
 def _check_settings(settings, max_new_tokens_limit):

@@ -18,6 +18,13 @@ def _tiny(family):
                           sequence_length=32)
 
 
+def _tiny_with_length(sequence_length):
+    from pipelines.grpo.models import tiny_causal_lm
+
+    return tiny_causal_lm("qwen", num_layers=1, hidden_dim=32, num_heads=2, seed=0,
+                          sequence_length=sequence_length)
+
+
 def _keras_hub_greedy_ids(causal_lm):
     """keras-hub's own greedy continuation of PROMPTS (XLA-compiled generate), end token
     dropped, first MAX_NEW tokens."""
@@ -230,10 +237,14 @@ def test_generate_servable_states_its_limits(limited, exported):
     assert metadata["defaults"]["max_new_tokens"] == LIMIT
     facts = tf.saved_model.load(str(path)).signatures["serving_metadata"]()
     assert int(facts["max_new_tokens_limit"]) == LIMIT
-    # Without a limit given, the model's sequence length (prompt + response tokens).
+    # Without a limit given: the model's sequence length (prompt + response tokens), and at
+    # least serving_default's 64 new tokens.
+    from pipelines.grpo.generate import default_max_new_tokens_limit
+
     _, default_path = exported
     default = json.loads((default_path / "assets.extra" / "serving_metadata.json").read_text())
-    assert default["max_new_tokens_limit"] == 32
+    assert default["max_new_tokens_limit"] == 64  # the tiny model's sequence length is 32
+    assert default_max_new_tokens_limit(_tiny_with_length(1000)) == 1000
 
 
 def test_generate_export_refuses_defaults_outside_its_limits(tmp_path):
