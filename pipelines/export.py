@@ -53,6 +53,21 @@ def _saved_models_named_by_tags(run):
     return found
 
 
+def check_store_exists(tracking_uri=None):
+    """Refuse a SQLite store that does not exist: MLflow would create an empty one there,
+    and a mistyped path would then look like a store without the run."""
+    from pipelines.common.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///"):
+        database = pathlib.Path(uri[len("sqlite:///"):])
+        if not database.is_file():
+            raise UserError(
+                f"no MLflow store at {database.resolve()} (tracking URI {uri}); check the "
+                "path, or pass --tracking-uri (export never creates a store)"
+            )
+
+
 def download_run_saved_model(run_id, dst_dir, artifact_path=None, tracking_uri=None):
     """The run's SavedModel, downloaded: the artifact `artifact_path`, else the run's only
     SavedModel artifact, else the one local SavedModel directory a run tag names.
@@ -121,6 +136,8 @@ def export(
     """Export one SavedModel (from an MLflow run or a local path); returns a summary dict."""
     if (run_id is None) == (path is None):
         raise UserError("give exactly one source: an MLflow run id or a local path")
+    if run_id is not None or log_mlflow_model:
+        check_store_exists(tracking_uri)
     try:
         check_model_name(model_name)
         with tempfile.TemporaryDirectory(prefix="export-") as download_dir:
@@ -135,7 +152,7 @@ def export(
                 source, export_base, model_name, version, signature_name, check
             )
     except StandaloneLoadError as error:
-        raise UserError(f"{error.summary}; the copy is left for inspection") from None
+        raise UserError(f"{error.summary}; nothing was exported") from None
     except (SavedModelError, ValueError, FileExistsError) as error:
         raise UserError(str(error)) from None
     summary["source"] = origin
@@ -223,8 +240,10 @@ def main(argv=None):
     if "standalone_outputs" in summary:
         print(f"loads and runs without project code; outputs: {summary['standalone_outputs']}")
     if "mlflow_model_uri" in summary:
-        print(f"MLflow model: {summary['mlflow_model_uri']}  (serve: mlflow models serve -m "
-              f"{summary['mlflow_model_uri']} -h 127.0.0.1 -p 5000 --env-manager local)")
+        from serving.mlflow_model import serve_command
+
+        print(f"MLflow model: {summary['mlflow_model_uri']}; serve it with:")
+        print(serve_command(summary["mlflow_model_uri"]))
     print(serving_commands(args.export_base, args.model_name))
     return 0
 

@@ -18,6 +18,7 @@ answering at the address).
 
 import base64
 import json
+import re
 import time
 
 import numpy as np
@@ -155,9 +156,22 @@ def parse_predict_response(payload):
 # ---------------------------------------------------------------- HTTP plumbing
 
 
+# MLflow's scoring server answers a model's refusal with the whole request first:
+# "Failed to predict data '<the input, as long as it was>'. \nError: <the reason>".
+_MLFLOW_PREDICT_ERROR = re.compile(r"^Failed to predict data '(?P<data>.*)'\. ?\n?Error: "
+                                   r"(?P<reason>.*)$", re.DOTALL)
+INPUT_ECHO_CHARS = 120
+
+
 def _shorten(text, head=300, tail=600):
-    # MLflow echoes the whole request in its errors; the reason is at the end.
+    """The reason first, with at most INPUT_ECHO_CHARS of an echoed input after it."""
     text = text.strip()
+    echoed = _MLFLOW_PREDICT_ERROR.match(text)
+    if echoed:
+        data = " ".join(echoed["data"].split())
+        if len(data) > INPUT_ECHO_CHARS:
+            data = f"{data[:INPUT_ECHO_CHARS]}... ({len(echoed['data'])} characters)"
+        text = f"{echoed['reason'].strip()} (input: {data})"
     return text if len(text) <= head + tail else f"{text[:head]} [...] {text[-tail:]}"
 
 

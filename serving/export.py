@@ -2,10 +2,11 @@
 
 `export_saved_model(source, export_base, model_name)` copies one SavedModel to
 `<export_base>/<model_name>/<version>/` (the next free version unless given), refreshes
-`<export_base>/models.config`, then runs the copy's serving_default on zeros the way TF
-Serving does (`serving.signature_runner`), in a process that cannot import era_keras,
-Keras, keras-hub, TF-Agents or this repository. Pipelines call `copy_into_layout` and
-`check_loads_standalone` for their own exports.
+`<export_base>/models.config`, after running the copy the way TF Serving does
+(`serving.signature_runner`), in a process that cannot import era_keras, Keras,
+keras-hub, TF-Agents or this repository: on its own warm-up requests (`serving.warmup`),
+or else serving_default on zeros. A copy that fails this is removed, not exported.
+Pipelines call `copy_into_layout` and `check_loads_standalone` for their own exports.
 
 The command line, which can also find a SavedModel inside an MLflow run, lives with the
 pipelines: `python -m pipelines.export --help`.
@@ -25,7 +26,8 @@ from serving.saved_model import (
     find_saved_models,
     signature_specs,
 )
-from serving.signature_runner import predict_standalone
+from serving.signature_runner import Refused, StandaloneLoadError, run_standalone
+from serving.warmup import read_warmup_requests
 
 
 def find_one_saved_model(root):
@@ -77,15 +79,18 @@ def save_with_serving_default(saved_model_dir, target_dir, signature_name):
 
 
 def copy_into_layout(saved_model_dir, export_base, model_name, version=None,
-                     signature_name=SERVING_SIGNATURE):
+                     signature_name=SERVING_SIGNATURE, check=None):
     """Copy a SavedModel to `<export_base>/<model_name>/<version>` and update models.config.
 
     A SavedModel without serving_default is re-saved with `signature_name` as its
     serving_default. The copy is written under a hidden temporary name and renamed into
     place, so TF Serving (which polls the model directory) never sees a half-written
-    version. Returns (version directory, models.config path).
+    version. `check`, when given, is called with the staged copy before the rename: if it
+    raises, the export leaves nothing behind (no version, no directory it created, no
+    models.config entry). Returns (version directory, models.config path).
     """
     target = version_dir(export_base, model_name, version)
+    created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; TF Serving may run as another user
@@ -94,11 +99,17 @@ def copy_into_layout(saved_model_dir, export_base, model_name, version=None,
             shutil.copytree(saved_model_dir, staging, dirs_exist_ok=True)
         else:
             save_with_serving_default(saved_model_dir, staging, signature_name)
+        if check is not None:
+            check(staging)
         if target.exists():
             target.rmdir()  # version_dir guarantees it is empty
         os.rename(staging, target)
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for directory in created:  # innermost first
+            if directory.is_dir() and not any(directory.iterdir()):
+                directory.rmdir()
+        raise
     config = write_models_config(export_base)
     return target, config
 
@@ -113,11 +124,32 @@ def _has_signature(saved_model_dir, signature_name):
     return True
 
 
-def check_loads_standalone(saved_model_dir, signature_name=SERVING_SIGNATURE):
-    """Run the signature on zeros as TF Serving would, in a process without the project's
-    code, Keras, TF-Agents or tfp; returns its outputs."""
+def check_requests(saved_model_dir, signature_name=SERVING_SIGNATURE):
+    """What the load check runs: the SavedModel's own warm-up requests
+    (`serving.warmup`), or else `signature_name` on zeros (valid for every servable here
+    that ships no warm-up file)."""
+    requests = read_warmup_requests(saved_model_dir)
+    if requests:
+        return requests
     input_specs, _ = signature_specs(saved_model_dir, signature_name)
-    return predict_standalone(saved_model_dir, example_inputs(input_specs), signature_name)
+    return [(signature_name, example_inputs(input_specs))]
+
+
+def check_loads_standalone(saved_model_dir, signature_name=SERVING_SIGNATURE):
+    """Load the SavedModel as TF Serving would, in a process without the project's code,
+    Keras, TF-Agents or tfp, and run `check_requests` on it; returns the outputs of the
+    first. Raises StandaloneLoadError when it does not load or a request fails."""
+    requests = check_requests(saved_model_dir, signature_name)
+    request = ("its own warm-up request" if read_warmup_requests(saved_model_dir)
+               else "zeros (it has no warm-up requests, serving.warmup, to run instead)")
+    outputs = []
+    for (signature, _), result in zip(requests, run_standalone(saved_model_dir, requests)):
+        if isinstance(result, Refused):
+            what = (f"The SavedModel at {saved_model_dir} refused {request} to "
+                    f"{signature!r}, {result.kind}: {result.message}")
+            raise StandaloneLoadError(what, what)
+        outputs.append(result)
+    return outputs[0]
 
 
 def export_saved_model(source_dir, export_base, model_name, version=None,
@@ -127,16 +159,29 @@ def export_saved_model(source_dir, export_base, model_name, version=None,
     Returns {"version_dir", "models_config", "standalone_outputs" (output shapes, when
     `check`)}. Raises SavedModelError for a missing, unreadable or ambiguous source or a
     missing signature, ValueError / FileExistsError for a bad name or version, and
-    StandaloneLoadError when the copy does not run without the project's code.
+    StandaloneLoadError when the copy does not run without the project's code; then
+    nothing is exported.
     """
     check_model_name(model_name)
     source = find_one_saved_model(source_dir)
     signature_specs(source, signature_name)  # fails early, naming the signatures there
-    target, config = copy_into_layout(source, export_base, model_name, version, signature_name)
+    checked = {}
+
+    def check_copy(staged):
+        try:
+            checked.update(check_loads_standalone(staged, SERVING_SIGNATURE))
+        except StandaloneLoadError as error:
+            # Name the source: the staged copy is about to be removed.
+            named = [text.replace(str(pathlib.Path(staged).resolve()), f"{source} (copied)")
+                     .replace(str(staged), f"{source} (copied)")
+                     for text in (str(error), error.summary)]
+            raise StandaloneLoadError(*named) from None
+
+    target, config = copy_into_layout(source, export_base, model_name, version, signature_name,
+                                      check_copy if check else None)
     summary = {"version_dir": target, "models_config": config}
     if check:
-        outputs = check_loads_standalone(target, SERVING_SIGNATURE)
-        summary["standalone_outputs"] = {name: value.shape for name, value in outputs.items()}
+        summary["standalone_outputs"] = {name: value.shape for name, value in checked.items()}
     return summary
 
 

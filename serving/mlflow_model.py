@@ -12,16 +12,23 @@ are recorded in the model's metadata (`serving_inputs`, `serving_outputs`) inste
 
     python -m pipelines.export --run-id <id> --export-base exports --model-name image \\
         --log-mlflow-model
-    mlflow models serve -m runs:/<id>/servable -h 127.0.0.1 -p 5000 --env-manager local
+    env PATH=.venv/bin:"$PATH" mlflow models serve -m models:/<model id> -h 127.0.0.1 \\
+        -p 5000 --env-manager local
+
+(`serve_command` writes that line with this environment's paths: `mlflow models serve`
+starts its server as `uvicorn` found on PATH, so it fails unless the environment's bin
+directory is there.)
 """
 
 import pathlib
+import shlex
+import sys
 
 import mlflow
 import numpy as np
 
 from serving.saved_model import SERVING_SIGNATURE, signature_specs
-from serving.signature_runner import InputSpecError, describe_spec
+from serving.signature_runner import InputSpecError, describe_spec, refusal_message
 
 MLFLOW_MODEL_NAME = "servable"
 SAVED_MODEL_ARTIFACT = "saved_model"
@@ -41,15 +48,23 @@ class SavedModelSignature(mlflow.pyfunc.PythonModel):
         )
 
     def predict(self, context, model_input, params=None):
+        import tensorflow as tf
+
         try:
             outputs = self._runner(self._named_inputs(model_input))
         except InputSpecError as error:
-            # An MlflowException with this code is what the scoring server answers with 400.
-            from mlflow.exceptions import MlflowException
-            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-            raise MlflowException(str(error), error_code=INVALID_PARAMETER_VALUE) from None
+            self._refuse(str(error))
+        except tf.errors.InvalidArgumentError as error:  # the graph's own request checks
+            self._refuse(refusal_message(error))
         return next(iter(outputs.values())) if len(outputs) == 1 else outputs
+
+    @staticmethod
+    def _refuse(reason):
+        # An MlflowException with this code is what the scoring server answers with 400.
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        raise MlflowException(reason, error_code=INVALID_PARAMETER_VALUE) from None
 
     def _named_inputs(self, model_input):
         if hasattr(model_input, "columns"):
@@ -66,6 +81,15 @@ class SavedModelSignature(mlflow.pyfunc.PythonModel):
         return {names[0]: model_input}
 
 
+def serve_command(model_uri, host="127.0.0.1", port=5000):
+    """The shell command that serves `model_uri` with this environment's MLflow, whether or
+    not the environment is activated."""
+    bin_dir = pathlib.Path(sys.executable).parent  # not resolved: a venv's python is a link
+    return (f'env PATH={shlex.quote(str(bin_dir))}:"$PATH" '
+            f"{shlex.quote(str(bin_dir / 'mlflow'))} models serve -m {shlex.quote(model_uri)} "
+            f"-h {host} -p {port} --env-manager local")
+
+
 def spec_metadata(saved_model_dir, signature_name=SERVING_SIGNATURE):
     """{"serving_inputs": {name: "uint8 [-1, 28, 28, 1]"}, "serving_outputs": {...}}."""
     input_specs, output_specs = signature_specs(saved_model_dir, signature_name)
@@ -79,7 +103,7 @@ def spec_metadata(saved_model_dir, signature_name=SERVING_SIGNATURE):
 def log_saved_model(saved_model_dir, name=MLFLOW_MODEL_NAME, signature_name=SERVING_SIGNATURE):
     """Log `saved_model_dir` as a servable MLflow model in the active run; returns ModelInfo.
 
-    Serve it with `mlflow models serve -m <model_info.model_uri> --env-manager local`.
+    Serve it with `serve_command(model_info.model_uri)`.
     """
     import tensorflow as tf
 

@@ -2,10 +2,11 @@
 
 TF Serving loads the MetaGraphDef tagged "serve", restores its variables into a session
 and runs a signature's tensors by name; no Python object of the model is rebuilt.
-`SignatureRunner` does the same with `tf.compat.v1.saved_model.load`. `predict_standalone`
-runs it in a fresh process where era_keras, Keras, keras-hub, TF-Agents, TensorFlow
-Probability and this repository cannot be imported, so it proves that the math (ERA's
-included) is in the graph. `loader="object"` uses TF2's `tf.saved_model.load` instead,
+`SignatureRunner` does the same with `tf.compat.v1.saved_model.load`. `run_standalone`
+(several requests) and `predict_standalone` (one) run it in a fresh process where
+era_keras, Keras, keras-hub, TF-Agents, TensorFlow Probability and this repository cannot
+be imported, so it proves that the math (ERA's included) and the request checks are in
+the graph. `loader="object"` uses TF2's `tf.saved_model.load` instead,
 which rebuilds the object graph; for a TF-Agents policy that needs
 `preload=("tensorflow_probability",)`, whose TypeSpecs the policy's signatures name
 (tfp imports Keras, so Keras is then importable too).
@@ -15,6 +16,7 @@ imports nothing but the standard library and numpy.
 """
 
 import argparse
+import json
 import os
 import pathlib
 import subprocess
@@ -147,12 +149,51 @@ class SignatureRunner:
         return self._session.run(self.output_tensors, feeds)
 
 
-def _run_with_object_loader(saved_model_dir, signature_name, inputs):
+def refusal_message(error):
+    """The reason a graph gave for refusing a request (an InvalidArgumentError from one of
+    its checks), in one line: without the "Graph execution error", node and stack notes
+    TensorFlow puts around it."""
+    message = getattr(error, "message", None) or str(error)
+    message = message.split("\n\t [[", 1)[0].split("\n\nOriginal stack trace", 1)[0]
+    noise = ("Graph execution error:", "Detected at node", "<stack traces unavailable>")
+    lines = [line.strip() for line in message.splitlines()]
+    return " ".join(line for line in lines if line and not line.startswith(noise))
+
+
+class Refused:
+    """A request the servable refused: `kind` "InputSpecError" (it does not fit the
+    signature) or "InvalidArgumentError" (the graph's own checks), and the reason."""
+
+    def __init__(self, kind, message):
+        self.kind = kind
+        self.message = message
+
+    def __repr__(self):
+        return f"Refused({self.kind}: {self.message})"
+
+
+def _signature_caller(saved_model_dir, loader):
+    """inputs -> outputs with one loader ("session": as TF Serving; "object": TF2's
+    `tf.saved_model.load`), loading the SavedModel once per signature."""
     import tensorflow as tf
 
-    signature = tf.saved_model.load(str(saved_model_dir)).signatures[signature_name]
-    outputs = signature(**{name: tf.constant(value) for name, value in inputs.items()})
-    return {name: value.numpy() for name, value in outputs.items()}
+    if loader == "session":
+        runners = {}
+
+        def call(signature, inputs):
+            if signature not in runners:
+                runners[signature] = SignatureRunner(saved_model_dir, signature)
+            return runners[signature](inputs)
+
+        return call
+    loaded = tf.saved_model.load(str(saved_model_dir))
+
+    def call(signature, inputs):
+        outputs = loaded.signatures[signature](
+            **{name: tf.constant(value) for name, value in inputs.items()})
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    return call
 
 
 def _clean_environment():
@@ -161,27 +202,26 @@ def _clean_environment():
     return env
 
 
-def predict_standalone(
-    saved_model_dir,
-    inputs,
-    signature_name="serving_default",
-    loader="session",
-    preload=(),
-    timeout=600,
-):
-    """Outputs {name: array} of a signature on `inputs` {name: array}, computed in a fresh
-    process that cannot import this project (nor Keras, TF-Agents, tfp unless preloaded).
+def run_standalone(saved_model_dir, requests, loader="session", preload=(), timeout=600):
+    """Each request [(signature name, {input name: array}), ...] run in one fresh process
+    that cannot import this project (nor Keras, TF-Agents, tfp unless preloaded).
+
+    Returns one entry per request: its outputs {name: array}, or `Refused` when the
+    servable refused it. A SavedModel that does not load, or a signature that fails
+    otherwise, raises StandaloneLoadError.
     """
     if loader not in LOADERS:
         raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}.")
     saved_model_dir = str(pathlib.Path(saved_model_dir).resolve())
     with tempfile.TemporaryDirectory(prefix="standalone-") as workdir:
-        inputs_file = str(pathlib.Path(workdir) / "inputs.npz")
-        outputs_file = str(pathlib.Path(workdir) / "outputs.npz")
-        np.savez(inputs_file, **{name: np.asarray(v) for name, v in inputs.items()})
+        work = pathlib.Path(workdir)
+        signatures = []
+        for i, (signature, inputs) in enumerate(requests):
+            np.savez(work / f"inputs_{i}.npz", **{n: np.asarray(v) for n, v in inputs.items()})
+            signatures.append(signature)
+        (work / "requests.json").write_text(json.dumps(signatures))
         command = [sys.executable, str(pathlib.Path(__file__).resolve()), saved_model_dir,
-                   inputs_file, outputs_file, "--signature-name", signature_name,
-                   "--loader", loader]
+                   workdir, "--loader", loader]
         for module in preload:
             command += ["--preload", module]
         result = subprocess.run(
@@ -196,16 +236,45 @@ def predict_standalone(
                 f"{what}:\n{result.stderr[-3000:]}",
                 f"{what}: {lines[-1].strip() if lines else 'exit code ' + str(result.returncode)}",
             )
-        with np.load(outputs_file, allow_pickle=False) as outputs:
-            return {name: outputs[name] for name in outputs.files}
+        results = []
+        for i in range(len(signatures)):
+            refused = work / f"refused_{i}.json"
+            if refused.exists():
+                results.append(Refused(**json.loads(refused.read_text())))
+                continue
+            with np.load(work / f"outputs_{i}.npz", allow_pickle=False) as outputs:
+                results.append({name: outputs[name] for name in outputs.files})
+        return results
+
+
+def predict_standalone(
+    saved_model_dir,
+    inputs,
+    signature_name="serving_default",
+    loader="session",
+    preload=(),
+    timeout=600,
+):
+    """Outputs {name: array} of a signature on `inputs` {name: array}, computed in a fresh
+    process that cannot import this project (nor Keras, TF-Agents, tfp unless preloaded).
+    A refused request raises StandaloneLoadError too, naming the reason.
+    """
+    (result,) = run_standalone(saved_model_dir, [(signature_name, inputs)], loader, preload,
+                               timeout)
+    if isinstance(result, Refused):
+        what = (f"The SavedModel at {saved_model_dir} refused the request to "
+                f"{signature_name!r} ({loader} loader), {result.kind}: {result.message}")
+        raise StandaloneLoadError(what, what)
+    return result
 
 
 def _main():
-    parser = argparse.ArgumentParser(description="Run a SavedModel signature on .npz inputs.")
+    parser = argparse.ArgumentParser(
+        description="Run SavedModel signatures on .npz inputs (workdir/inputs_<i>.npz, the "
+        "signature names in workdir/requests.json) into workdir/outputs_<i>.npz, or "
+        "workdir/refused_<i>.json for a refused request.")
     parser.add_argument("saved_model_dir")
-    parser.add_argument("inputs_npz")
-    parser.add_argument("outputs_npz")
-    parser.add_argument("--signature-name", default="serving_default")
+    parser.add_argument("workdir")
     parser.add_argument("--loader", choices=LOADERS, default="session")
     parser.add_argument("--preload", action="append", default=[])
     args = parser.parse_args()
@@ -217,13 +286,23 @@ def _main():
                    != pathlib.Path(__file__).resolve().parent]
     for name in args.preload:
         __import__(name)
-    with np.load(args.inputs_npz) as data:
-        inputs = {name: data[name] for name in data.files}
-    if args.loader == "session":
-        outputs = SignatureRunner(args.saved_model_dir, args.signature_name)(inputs)
-    else:
-        outputs = _run_with_object_loader(args.saved_model_dir, args.signature_name, inputs)
-    np.savez(args.outputs_npz, **outputs)
+    import tensorflow as tf
+
+    work = pathlib.Path(args.workdir)
+    call = _signature_caller(args.saved_model_dir, args.loader)
+    for i, signature in enumerate(json.loads((work / "requests.json").read_text())):
+        with np.load(work / f"inputs_{i}.npz") as data:
+            inputs = {name: data[name] for name in data.files}
+        try:
+            outputs = call(signature, inputs)
+        except InputSpecError as error:
+            refused = {"kind": "InputSpecError", "message": str(error)}
+        except tf.errors.InvalidArgumentError as error:
+            refused = {"kind": "InvalidArgumentError", "message": refusal_message(error)}
+        else:
+            np.savez(work / f"outputs_{i}.npz", **outputs)
+            continue
+        (work / f"refused_{i}.json").write_text(json.dumps(refused))
 
 
 if __name__ == "__main__":

@@ -40,8 +40,11 @@ class TextGenerationClient:
 
     def encode(self, prompts):
         """(token_ids (batch, longest prompt), lengths (batch,)) as int32 arrays."""
+        prompts = list(prompts)
+        if not prompts:
+            return np.zeros((0, 0), np.int32), np.zeros((0,), np.int32)
         rows = [np.asarray(self.prefix + list(np.asarray(ids).reshape(-1)), np.int32)
-                for ids in self.tokenizer.tokenize(list(prompts))]
+                for ids in self.tokenizer.tokenize(prompts)]
         lengths = np.array([len(row) for row in rows], np.int32)
         if (lengths == 0).any():
             raise ValueError("Every prompt needs at least one token; got an empty prompt.")
@@ -53,6 +56,8 @@ class TextGenerationClient:
     def generate_ids(self, prompts, max_new_tokens=64, temperature=1.0, top_p=1.0, seed=0):
         """The servable's (output_ids, output_lengths) for `prompts`."""
         token_ids, lengths = self.encode(prompts)
+        if len(lengths) == 0:  # nothing to ask the server
+            return np.zeros((0, max_new_tokens), np.int32), lengths
         outputs = self.predict({
             "token_ids": token_ids,
             "lengths": lengths,

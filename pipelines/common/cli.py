@@ -20,7 +20,8 @@ def add_config_flags(parser, config_class, help_texts=None, choices=None, defaul
     """Add a flag per field of `config_class`, typed from its annotations.
 
     bool -> --flag / --no-flag; tuple -> one or more values of the default's element type;
-    `X | None` -> X, or the word "none" for None.
+    `X | None` -> X, or the word "none" for None. An int also accepts a float that is a
+    whole number ("1e3", "3000.0"), as `mlflow run` passes its float-typed parameters.
     """
     help_texts = help_texts or {}
     choices = choices or {}
@@ -41,12 +42,12 @@ def add_config_flags(parser, config_class, help_texts=None, choices=None, defaul
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
         elif kind is tuple or typing.get_origin(kind) is tuple:
-            element = type(default[0]) if default else str
+            element = _converter(type(default[0])) if default else str
             parser.add_argument(flag, type=element, nargs="+", metavar="N", **options)
         else:
             parser.add_argument(
                 flag,
-                type=_none_or(kind) if optional else kind,
+                type=_none_or(_converter(kind)) if optional else _converter(kind),
                 choices=choices.get(field.name),
                 **options,
             )
@@ -88,6 +89,28 @@ def given_config_flags(args, config_class):
         for field in dataclasses.fields(config_class)
         if hasattr(args, field.name)
     }
+
+
+def whole_number(text):
+    """An int from "3000", "1e3" or "3000.0"; a ValueError for "2.5" or "abc"."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
+    if not value.is_integer():
+        raise ValueError(f"not a whole number: {text!r}")
+    return int(value)
+
+
+whole_number.__name__ = "int"  # argparse names the type in its error messages
+
+
+def _converter(kind):
+    return whole_number if kind is int else kind
 
 
 def _none_or(kind):

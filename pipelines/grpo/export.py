@@ -7,9 +7,14 @@
   layout (`serving.layout.version_dir`), whose `serving_default` signature maps
   `token_ids` and `padding_mask` (int32, (batch, time)) to
   `token_log_probs` (batch, time): log p(token_t | tokens_<t), 0 at t = 0 and on padding,
-  and `sequence_log_prob` (batch,): their sum.
+  and `sequence_log_prob` (batch,): their sum. The graph checks each request first
+  (`check_scoring_request`): token ids in [0, vocabulary size), a padding mask of 0s and
+  1s shaped like `token_ids`; otherwise InvalidArgumentError (gRPC INVALID_ARGUMENT,
+  HTTP 400) states the limit. An empty batch gets an empty result.
 - `pipelines.grpo.generate.export_generate_savedmodel`: the sampling servable
-  (`<model>_generate`), token ids in, new token ids out.
+  (`<model>_generate`), token ids in, new token ids out; a request asks for at most
+  `max_new_tokens_limit` new tokens (`--max-new-tokens-limit`; default: the model's
+  sequence length, at least 64).
 
 Neither SavedModel holds the tokenizer (`models.network_only`): tokenizer ops such as
 Gemma's `SentencepieceOp` need tensorflow-text, which TF Serving lacks. Clients tokenize.
@@ -29,6 +34,7 @@ import keras
 
 from pipelines.grpo.models import network_only
 from serving.layout import version_dir, write_models_config
+from serving.request_checks import after, require, require_in_range
 
 
 def export_preset(causal_lm, preset_dir):
@@ -53,6 +59,21 @@ def scoring_function(causal_lm):
     return score
 
 
+def check_scoring_request(token_ids, padding_mask, vocabulary_size):
+    """(token_ids, padding_mask), once the graph has checked them (InvalidArgumentError
+    naming the limit and the value otherwise)."""
+    import tensorflow as tf
+
+    shape = require(tf.reduce_all(tf.shape(padding_mask) == tf.shape(token_ids)),
+                    "padding_mask must have the shape of token_ids", tf.shape(padding_mask),
+                    "token_ids:", tf.shape(token_ids))
+    padding_mask = after([shape], padding_mask)
+    checks = [require_in_range(token_ids, 0, vocabulary_size,
+                               f"token_ids must be in [0, {vocabulary_size}) (the vocabulary)"),
+              require_in_range(padding_mask, 0, 2, "padding_mask must be 0 or 1")]
+    return after(checks, token_ids, padding_mask)
+
+
 def export_scoring_savedmodel(causal_lm, export_base, model_name, version=None):
     """Write the scoring SavedModel to `<export_base>/<model_name>/<version>`; returns the dir."""
     if keras.backend.backend() != "tensorflow":
@@ -65,11 +86,13 @@ def export_scoring_savedmodel(causal_lm, export_base, model_name, version=None):
     target = version_dir(export_base, model_name, version)
     network = network_only(causal_lm)
     score = scoring_function(network)
+    vocabulary_size = int(causal_lm.backbone.vocabulary_size)
     archive = keras.export.ExportArchive()
     archive.track(network)
     archive.add_endpoint(
         "serving_default",
-        lambda token_ids, padding_mask: score(token_ids, padding_mask),
+        lambda token_ids, padding_mask: score(
+            *check_scoring_request(token_ids, padding_mask, vocabulary_size)),
         input_signature=[tf.TensorSpec([None, None], tf.int32, name="token_ids"),
                          tf.TensorSpec([None, None], tf.int32, name="padding_mask")],
     )
@@ -78,23 +101,29 @@ def export_scoring_savedmodel(causal_lm, export_base, model_name, version=None):
     return target
 
 
-def export_savedmodels(causal_lm, export_base, model_name, version=None):
-    """The scoring servable `<model_name>` and the generate servable `<model_name>_generate`."""
+def export_savedmodels(causal_lm, export_base, model_name, version=None,
+                       max_new_tokens_limit=None):
+    """The scoring servable `<model_name>` and the generate servable `<model_name>_generate`
+    (`max_new_tokens_limit`: see `export_generate_savedmodel`)."""
     from pipelines.grpo.generate import export_generate_savedmodel
 
     return {
         "savedmodel_dir": export_scoring_savedmodel(causal_lm, export_base, model_name, version),
         "generate_savedmodel_dir": export_generate_savedmodel(
-            causal_lm, export_base, f"{model_name}_generate", version),
+            causal_lm, export_base, f"{model_name}_generate", version,
+            max_new_tokens_limit=max_new_tokens_limit),
     }
 
 
-def export_savedmodels_from_preset(preset_dir, export_base, model_name, version=None):
+def export_savedmodels_from_preset(preset_dir, export_base, model_name, version=None,
+                                   max_new_tokens_limit=None):
     """Run `export_savedmodels` in a TensorFlow-backend subprocess (for JAX runs)."""
     command = [sys.executable, "-m", "pipelines.grpo.export", "--preset", str(preset_dir),
                "--export-base", str(export_base), "--model-name", model_name]
     if version is not None:
         command += ["--version", str(version)]
+    if max_new_tokens_limit is not None:
+        command += ["--max-new-tokens-limit", str(max_new_tokens_limit)]
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
     root = pathlib.Path(__file__).resolve().parents[2]
     result = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True)
@@ -105,16 +134,17 @@ def export_savedmodels_from_preset(preset_dir, export_base, model_name, version=
             "generate_savedmodel_dir": pathlib.Path(lines[1])}
 
 
-def export_all(causal_lm, export_dir, model_name, version=None):
+def export_all(causal_lm, export_dir, model_name, version=None, max_new_tokens_limit=None):
     """Preset at `<export_dir>/preset`, SavedModels under `<export_dir>/serving/`, with the
     `models.config` that starts TF Serving on both of them."""
     export_dir = pathlib.Path(export_dir)
     preset = export_preset(causal_lm, export_dir / "preset")
     if keras.backend.backend() == "tensorflow":
-        saved = export_savedmodels(causal_lm, export_dir / "serving", model_name, version)
+        saved = export_savedmodels(causal_lm, export_dir / "serving", model_name, version,
+                                   max_new_tokens_limit)
     else:
         saved = export_savedmodels_from_preset(preset, export_dir / "serving", model_name,
-                                               version)
+                                               version, max_new_tokens_limit)
     models_config = write_models_config(export_dir / "serving")
     return {"preset_dir": preset, **saved, "models_config": models_config}
 
@@ -125,11 +155,16 @@ def main(argv=None):
     parser.add_argument("--export-base", required=True, help="TF Serving base directory")
     parser.add_argument("--model-name", default="grpo_policy")
     parser.add_argument("--version", type=int, default=None)
+    parser.add_argument("--max-new-tokens-limit", type=int, default=None,
+                        help="the most new tokens a request to the generate servable may "
+                        "ask for (default: the model's sequence length, at least 64)")
     args = parser.parse_args(argv)
+    if args.max_new_tokens_limit is not None and args.max_new_tokens_limit < 1:
+        parser.error(f"--max-new-tokens-limit must be >= 1 (got {args.max_new_tokens_limit})")
     from pipelines.grpo.models import load_causal_lm
 
     written = export_savedmodels(load_causal_lm(args.preset), args.export_base,
-                                 args.model_name, args.version)
+                                 args.model_name, args.version, args.max_new_tokens_limit)
     print(written["savedmodel_dir"])
     print(written["generate_savedmodel_dir"])
 

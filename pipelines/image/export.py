@@ -6,8 +6,8 @@ a client decodes them from PNG/JPEG), and returns
                                               the run was trained with --calibrate
     class_ids:     int64   [batch]            argmax of the probabilities
 where logits are the model's inference outputs: ERA logits when the ERA floor is on at
-inference, the plain "logits" layer otherwise. The ERA math is traced into the graph, so
-the SavedModel loads and serves without era_keras.
+inference, the plain "logits" layer otherwise. An empty batch gets empty outputs. The
+ERA math is traced into the graph, so the SavedModel loads and serves without era_keras.
 
 Which probabilities are served is recorded twice: in the `serving_metadata` signature (no
 inputs; returns the same facts as string/float tensors, so TF Serving's metadata and any
@@ -22,6 +22,7 @@ import tensorflow as tf
 from pipelines.image import data
 from pipelines.image.heads import served_probabilities
 from serving import layout
+from serving.request_checks import for_batch
 
 METADATA_FILE = "serving_metadata.json"
 
@@ -59,6 +60,7 @@ def export_for_serving(model, export_base, model_name, image_shape, metadata, ve
         "calibrated": tf.constant(metadata["calibrated"]),
     }
 
+    classes = int(model.output_shape[-1])
     archive = keras.export.ExportArchive()
     archive.track(model)
 
@@ -68,12 +70,20 @@ def export_for_serving(model, export_base, model_name, image_shape, metadata, ve
         # returned one row for three images). EnsureShape refuses it at run time, with
         # INVALID_ARGUMENT naming the expected shape.
         images = tf.ensure_shape(images, [None, *image_shape])
-        logits = model(data.pixels_to_float(images), training=False)
-        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32) / temperature, axis=-1)
-        return {
-            "probabilities": probabilities,
-            "class_ids": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
-        }
+
+        def classify():
+            logits = model(data.pixels_to_float(images), training=False)
+            probabilities = tf.nn.softmax(tf.cast(logits, tf.float32) / temperature, axis=-1)
+            return {
+                "probabilities": probabilities,
+                "class_ids": tf.argmax(probabilities, axis=-1, output_type=tf.int64),
+            }
+
+        # Batch normalisation fails on zero images; an empty batch gets an empty answer.
+        return for_batch(tf.shape(images)[0], classify, lambda: {
+            "probabilities": tf.zeros([0, classes], tf.float32),
+            "class_ids": tf.zeros([0], tf.int64),
+        })
 
     archive.add_endpoint(
         "serving_default",

@@ -71,7 +71,12 @@ def main(argv=None):
     from pipelines.sac.train import train
 
     result = train(config, tracking_uri=args.tracking_uri, run_name=args.run_name)
-    print(f"MLflow run {result['run_id']} (experiment sac); eval return "
+    import mlflow
+
+    # Under `mlflow run` the run is in the experiment mlflow run chose (Default unless
+    # --experiment-name), not necessarily in "sac".
+    experiment = mlflow.get_experiment(mlflow.get_run(result["run_id"]).info.experiment_id)
+    print(f"MLflow run {result['run_id']} (experiment {experiment.name}); eval return "
           f"{result.get('eval/return', float('nan')):.1f} after {result['env_steps']} env steps")
     print(f"policy exported to {result['export_dir']} (TF Serving: {result['models_config']})")
     return 0

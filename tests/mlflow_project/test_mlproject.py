@@ -56,6 +56,34 @@ def test_entry_point_command_parses_with_its_module_cli(entry):
         pytest.fail(f"`{module_call}{' '.join(words)}` does not parse: exit {error.code}")
 
 
+def _entry_words(entry, **values):
+    point = load_project(str(PROJECT)).get_entry_point(entry)
+    defaults = {name: param.default for name, param in point.parameters.items()
+                if param.default is not None}
+    command = point.compute_command({**defaults, **values}, storage_dir=None)
+    return shlex.split(command.split(f"python -m {ENTRY_MODULES[entry]} ", 1)[1])
+
+
+@pytest.mark.parametrize("entry, parameter, option", [
+    ("sac", "total_env_steps", "total_env_steps"),
+    ("image", "epochs", "epochs"),
+    ("grpo", "steps", "steps"),
+])
+def test_an_integer_parameter_may_be_written_as_a_whole_float(entry, parameter, option,
+                                                             capsys):
+    """MLflow types integers as `float`, so `-P total_env_steps=1e3` must mean 1000; a
+    fractional value is refused by the pipeline's CLI in one line."""
+    for written in ("1e3", "1000.0", "1000"):
+        args = _module_parser(entry).parse_args(_entry_words(entry, **{parameter: written}))
+        value = getattr(args, option)
+        assert value == 1000 and type(value) is int, (written, value)
+    with pytest.raises(SystemExit) as refused:
+        _module_parser(entry).parse_args(_entry_words(entry, **{parameter: "2.5"}))
+    assert refused.value.code == 2
+    flag = "--" + option.replace("_", "-")
+    assert f"argument {flag}: invalid int value: '2.5'" in capsys.readouterr().err
+
+
 def test_python_env_lists_what_the_pipelines_need():
     env = _PythonEnv.from_yaml(str(PROJECT / "python_env.yaml"))
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]

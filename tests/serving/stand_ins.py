@@ -5,7 +5,8 @@ PredictionService (the same service definition and protos TF Serving serves), an
 `rest_prediction_service` a real HTTP server speaking TF Serving's REST predict API. Both
 run one SavedModel signature with `SignatureRunner` (TF Serving's way: MetaGraph, session,
 tensors by name) and answer as TF Serving does: INVALID_ARGUMENT / HTTP 400 with
-{"error": ...} for a request that does not fit, NOT_FOUND / HTTP 404 for an unknown model.
+{"error": ...} for a request that does not fit (or that the graph's checks refuse),
+NOT_FOUND / HTTP 404 for an unknown model.
 Both bind port 0 and report the port the OS gave them, so tests never race for a port.
 """
 
@@ -17,7 +18,21 @@ import threading
 
 import numpy as np
 
-from serving.signature_runner import InputSpecError, SignatureRunner
+from serving.signature_runner import InputSpecError, SignatureRunner, refusal_message
+
+
+def _refusal(runner, inputs):
+    """(outputs, None), or (None, reason) for a request TF Serving answers with
+    INVALID_ARGUMENT: one that does not fit the signature, or that the graph's own checks
+    refuse."""
+    import tensorflow as tf
+
+    try:
+        return runner(inputs), None
+    except InputSpecError as error:
+        return None, str(error)
+    except tf.errors.InvalidArgumentError as error:
+        return None, refusal_message(error)
 
 
 def _not_found(model):
@@ -45,10 +60,9 @@ def grpc_prediction_service(saved_model_dir, model_name):
             if request.model_spec.name != model_name:
                 context.abort(grpc.StatusCode.NOT_FOUND, _not_found(request.model_spec.name))
             inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
-            try:
-                outputs = runner(inputs)
-            except InputSpecError as error:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            outputs, refused = _refusal(runner, inputs)
+            if refused is not None:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, refused)
             response = predict_pb2.PredictResponse(
                 model_spec=ModelSpec(name=model_name, signature_name="serving_default"))
             for name, value in outputs.items():
@@ -113,10 +127,9 @@ def rest_prediction_service(saved_model_dir, model_name):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             inputs = {only_input if name is None else name: np.asarray(value)
                       for name, value in _columns(body).items()}
-            try:
-                outputs = runner(inputs)
-            except InputSpecError as error:
-                return self._answer(400, {"error": str(error)})
+            outputs, refused = _refusal(runner, inputs)
+            if refused is not None:
+                return self._answer(400, {"error": refused})
             key = "outputs" if "inputs" in body else "predictions"
             if key == "predictions":
                 rows = len(next(iter(outputs.values())))

@@ -3,8 +3,8 @@
 import os
 import pathlib
 import re
+import shutil
 import subprocess
-import sys
 import time
 
 import mlflow
@@ -17,11 +17,21 @@ from serving.client import (
     ModelNotFoundError,
     TFServingRestClient,
 )
-from serving.mlflow_model import log_saved_model
+from serving.mlflow_model import log_saved_model, serve_command
+
+
+def _free_port():
+    """A port the OS has just given out and released. `mlflow models serve -p 0` would not
+    do: MLflow drops a port of 0 and uvicorn then takes its default, 8000."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _wait_for_port(log_file, process, timeout=180):
-    """The port uvicorn reports once it listens (it was asked for port 0: no race)."""
+    """The port uvicorn reports once it listens."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", log_file.read_text())
@@ -35,21 +45,24 @@ def _wait_for_port(log_file, process, timeout=180):
 
 @pytest.fixture(scope="module")
 def served(era_classifier, tmp_path_factory):
-    """Log the ERA classifier's SavedModel to a tmp store and serve it on port 0 (the OS
-    picks a free one; uvicorn reports which)."""
+    """Log the ERA classifier's SavedModel to a tmp store and serve it on a free port with
+    the command `pipelines.export` prints, from a shell whose PATH lacks the virtualenv (as
+    for a user who did not activate it)."""
     workdir = tmp_path_factory.mktemp("mlflow_serving")
     tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.create_experiment("serving", artifact_location=str(workdir / "artifacts"))
     with mlflow.start_run(experiment_id=experiment):
         model_uri = log_saved_model(era_classifier.path).model_uri
-    venv_bin = str(pathlib.Path(sys.executable).parent)  # the server runs uvicorn from here
-    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri,
-               PATH=venv_bin + os.pathsep + os.environ.get("PATH", ""))
+    path = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep)
+        if p and not any((pathlib.Path(p) / name).exists() for name in ("mlflow", "uvicorn")))
+    assert shutil.which("uvicorn", path=path) is None and shutil.which("mlflow", path=path) is None
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, PATH=path)
     log = open(workdir / "server.log", "w")
+    # exec: the shell becomes the server, so terminate() below reaches it.
     server = subprocess.Popen(
-        [os.path.join(venv_bin, "mlflow"), "models", "serve", "-m", model_uri,
-         "-h", "127.0.0.1", "-p", "0", "--env-manager", "local"],
+        ["/bin/sh", "-c", "exec " + serve_command(model_uri, port=_free_port())],
         cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
@@ -94,6 +107,18 @@ def test_wrong_dtype_is_refused_naming_the_spec_and_server_stays_up(served):
     with pytest.raises(BadRequestError, match=r"must be float32 \[-1, 8, 8, 1\], got str"):
         served.predict({"images": np.full((1, 8, 8, 1), "pixel")})
     assert served.ping()
+
+
+def test_a_refusal_of_a_large_request_gives_the_reason_first(served):
+    """MLflow echoes the whole input before the reason; the client puts the reason first and
+    keeps a short piece of the input."""
+    with pytest.raises(BadRequestError) as refused:
+        served.predict({"images": np.zeros((200, 8, 8, 3), np.float32)})
+    message = str(refused.value)
+    assert re.match(r"predict at \S+: the server refused the request \(HTTP 400\): input "
+                    r"'images' must be float32 \[-1, 8, 8, 1\], got float64 \[200, 8, 8, 3\]"
+                    r" \(-1: any size\) \(input: \{'images': array", message), message
+    assert len(message) < 500
 
 
 def test_unknown_input_name_is_refused_and_server_stays_up(served):
