@@ -14,7 +14,7 @@ import dataclasses
 from pipelines.common.config import Problems
 from pipelines.grpo.loss import LOSS_TYPES, SCALE_REWARDS
 from pipelines.grpo.models import TINY_FAMILIES
-from pipelines.grpo.tasks import BUILTIN_TASKS
+from pipelines.grpo.tasks import BUILTIN_TASKS, DATA_SUFFIXES, is_data_file
 
 # float32; bfloat16 (weights and compute: half the memory, but Adam steps far below a
 # weight's bf16 resolution, ~0.4% of it, are rounded away); mixed_bfloat16 (float32
@@ -28,10 +28,10 @@ class GRPOConfig:
     model: str = "tiny:qwen"
     tiny_layers: int = 2
     tiny_hidden_dim: int = 128
-    # Data: a built-in task name or a JSONL file; reward by name or "module:function".
+    # Data: a built-in task name or a data file; reward by name or "module:function".
     task: str = "digit_sum"
     eval_data: str | None = None
-    reward: str | None = None  # None: the task's own (built-ins) or "math" (JSONL)
+    reward: str | None = None  # None: the task's own (built-ins) or "math" (files)
     held_out_fraction: float = 0.2
     num_eval_prompts: int = 32
     # Supervised warm start (0 steps: none).
@@ -118,12 +118,14 @@ class GRPOConfig:
             not self.model.startswith("tiny:") or self.model[5:] in TINY_FAMILIES,
             f"tiny model family must be one of {', '.join(TINY_FAMILIES)} (got {self.model!r})")
         problems.check(
-            self.task in BUILTIN_TASKS or self.task.endswith((".jsonl", ".json")),
-            f"task must be one of {', '.join(BUILTIN_TASKS)} or a .jsonl file (got {self.task!r})")
+            self.task in BUILTIN_TASKS or is_data_file(self.task),
+            f"task must be one of {', '.join(BUILTIN_TASKS)} or a data file "
+            f"({', '.join(DATA_SUFFIXES)}) (got {self.task!r})")
         problems.check(
-            not self.task.endswith((".jsonl", ".json")) or self.warm_start_steps == 0,
-            "warm_start_steps must be 0 for a JSONL task: the supervised warm start needs the "
-            f"worked solutions that only the built-in tasks ({', '.join(BUILTIN_TASKS)}) have")
+            not is_data_file(self.task) or self.warm_start_steps == 0,
+            "warm_start_steps must be 0 for a data file task: the supervised warm start needs "
+            f"the worked solutions that only the built-in tasks ({', '.join(BUILTIN_TASKS)}) "
+            "have")
         problems.choice("loss_type", self.loss_type, LOSS_TYPES)
         problems.choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
         problems.at_least("max_sampling_rounds", self.max_sampling_rounds, 1)

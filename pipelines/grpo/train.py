@@ -48,7 +48,7 @@ from pipelines.grpo.optim import build_optimizer
 from pipelines.grpo.rewards import get_reward, overlong_penalty
 from pipelines.grpo.rollout import Rollout, RolloutGenerator
 from pipelines.grpo.step import make_train_step
-from pipelines.grpo.tasks import BUILTIN_TASKS, builtin_problems, load_jsonl, split_problems
+from pipelines.grpo.tasks import BUILTIN_TASKS, builtin_problems, read_problems, split_problems
 from pipelines.grpo.warm_start import warm_start, warm_start_examples
 
 
@@ -60,9 +60,9 @@ def load_problems(config):
                                 config.held_out_fraction)
         return train, test
     reward = config.reward or "math"
-    problems = load_jsonl(config.task, reward)
+    problems = read_problems(config.task, reward)
     if config.eval_data:
-        return problems, load_jsonl(config.eval_data, reward)[: config.num_eval_prompts]
+        return problems, read_problems(config.eval_data, reward)[: config.num_eval_prompts]
     train, test = split_problems(problems, config.held_out_fraction)
     return train, test[: config.num_eval_prompts]
 
