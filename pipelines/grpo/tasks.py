@@ -40,7 +40,9 @@ The reference answer is the first of:
 - "final_answer" (OlympiadBench): a list of answers, joined by ", ", "$" stripped;
 - the last \\boxed{} of "solution" (MATH, Minerva).
 
-Other fields (id, year, url, level, subject, ...) are ignored.
+Other fields (id, year, url, level, subject, ...) are ignored. A problem that occurs
+several times (same prompt, messages and reference) is kept once, in the order of its
+first occurrence: some published files repeat every problem many times.
 """
 
 import dataclasses
@@ -164,10 +166,12 @@ def read_problems(path, reward="math"):
     path = pathlib.Path(path)
     if not path.is_file():
         raise UserError(f"data file {str(path)!r} does not exist.")
-    problems = [_problem(where, record, reward) for where, record in _records(path)]
+    problems = {}  # insertion-ordered: each distinct problem once, in file order
+    for where, record in _records(path):
+        problems.setdefault(_problem(where, record, reward))
     if not problems:
         raise UserError(f"data file {str(path)!r} holds no problems.")
-    return problems
+    return list(problems)
 
 
 def _records(path):
@@ -198,19 +202,24 @@ def _parquet_records(path):
     import pyarrow.parquet as pq
 
     try:
-        names = pq.read_schema(path).names
-        # Only the columns a problem is read from: DAPO-Math-17k's file is 1.8M rows.
+        file = pq.ParquetFile(path)
+        names = file.schema_arrow.names
+        # Only the columns a problem is read from, a batch of rows at a time.
         wanted = [n for n in names if n.lower() in PROMPT_FIELDS + REFERENCE_FIELDS]
-        table = pq.read_table(path, columns=wanted)
+        batches = file.iter_batches(batch_size=65536, columns=wanted) if wanted else []
+        absent = dict.fromkeys(n for n in names if n not in wanted)  # named in errors
+        if not wanted and file.metadata.num_rows:  # row 1 says which columns there are
+            yield f"{path} row 1", absent
+        number = 0
+        for batch in batches:
+            for record in batch.to_pylist():
+                number += 1
+                yield f"{path} row {number}", {**absent, **record}
+    except UserError:
+        raise
     except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ...
         raise UserError(f"{path}: not a readable parquet file ({type(error).__name__}: "
                         f"{' '.join(str(error).split())}).") from None
-    if not wanted:  # no column to read: row 1 reports the columns the file does have
-        if pq.ParquetFile(path).metadata.num_rows:
-            yield f"{path} row 1", dict.fromkeys(names)
-        return
-    for number, record in enumerate(table.to_pylist(), start=1):
-        yield f"{path} row {number}", record
 
 
 def _fields(where, record):
