@@ -15,14 +15,12 @@ import pathlib
 from pipelines.common.config import Problems, option
 from pipelines.grpo.loss import LOSS_TYPES, SCALE_REWARDS
 from pipelines.grpo.models import TINY_FAMILIES
-from pipelines.grpo.tasks import BUILTIN_TASKS
+from pipelines.grpo.tasks import BUILTIN_TASKS, DATA_SUFFIXES, is_data_file
 
 # float32; bfloat16 (weights and compute: half the memory, but Adam steps far below a
 # weight's bf16 resolution, ~0.4% of it, are rounded away); mixed_bfloat16 (float32
 # weights, bfloat16 compute). The loss's log-softmax and entropies run in float32.
 DTYPES = ("float32", "bfloat16", "mixed_bfloat16")
-# Data files the pipeline reads (see tasks.py).
-TASK_FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
 WARM_START_STEPS = 150  # for a built-in task, when --warm-start-steps is not given
 
 
@@ -136,7 +134,7 @@ class GRPOConfig:
 
     def __post_init__(self):
         problems = Problems("GRPO settings")
-        is_file = self.task.endswith(TASK_FILE_SUFFIXES)
+        is_file = is_data_file(self.task)
         if self.warm_start_steps is None:
             self.warm_start_steps = 0 if is_file else WARM_START_STEPS
         for name in ["tiny_layers", "tiny_hidden_dim", "num_eval_prompts", "steps",
@@ -169,17 +167,18 @@ class GRPOConfig:
             f"tiny model family must be one of {', '.join(TINY_FAMILIES)} (got {self.model!r})")
         problems.check(
             self.task in BUILTIN_TASKS or is_file,
-            f"task must be one of {', '.join(BUILTIN_TASKS)} or a "
-            f"{'/'.join(TASK_FILE_SUFFIXES)} file (got {self.task!r})")
+            f"task must be one of {', '.join(BUILTIN_TASKS)} or a data file "
+            f"({', '.join(DATA_SUFFIXES)}) (got {self.task!r})")
         for name in ("task", "eval_data"):
             path = getattr(self, name)
-            if path and path.endswith(TASK_FILE_SUFFIXES):
+            if path and is_data_file(path):
                 problems.check(pathlib.Path(path).is_file(),
                                f"{name} file {path} does not exist")
         problems.check(
             not is_file or self.warm_start_steps == 0,
-            "warm_start_steps must be 0 for a JSONL task: the supervised warm start needs the "
-            f"worked solutions that only the built-in tasks ({', '.join(BUILTIN_TASKS)}) have")
+            "warm_start_steps must be 0 for a data file task: the supervised warm start needs "
+            f"the worked solutions that only the built-in tasks ({', '.join(BUILTIN_TASKS)}) "
+            "have")
         problems.choice("loss_type", self.loss_type, LOSS_TYPES)
         problems.choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
         problems.at_least("max_sampling_rounds", self.max_sampling_rounds, 1)

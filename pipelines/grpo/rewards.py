@@ -1,94 +1,55 @@
 """Verifiable rewards: +1 for a correct final answer, -1 otherwise (as in arXiv 2510.08549).
 
-A reward is any callable `reward(completion: str, reference: str) -> float`. Built-in:
+A reward is any callable `reward(completion: str, reference: str) -> float` returning a
+finite number. Built-in:
 
-- `math_reward`: the final answer is the last `\\boxed{...}` in the completion, or else
-  its last number; it is correct when it equals the reference as a number (integers,
-  decimals, fractions "3/4", "\\frac{3}{4}", thousands separators) or, when either side is
-  not a number, as a whitespace-insensitive string.
+- `math_reward`: the completion's final answer (its last `\\boxed{}`, else an answer
+  math-verify finds after "Answer:" / "final answer is" or in LaTeX math, else its last
+  number) graded against the reference by math-verify, the grader TRL and verl use, within
+  a deadline per answer (see `math_grader`).
 - `digit_sum_reward`: for the many-answers task; the reference "<digits>:<sum>" accepts
   any number with that many digits (no leading zero) whose digits add up to the sum.
 
 `get_reward("math")` looks a reward up by name (built-in or added with `register_reward`);
-"package.module:function" imports one.
+"package.module:function" imports one. What it returns checks every value: a reward that
+returns anything but a finite number (a string, None, NaN) stops the run with one line
+naming the reward and the value.
 """
 
-import fractions
 import importlib
+import math
+import numbers
 import re
 
 import numpy as np
 
 from pipelines.common.errors import UserError
+from pipelines.grpo.math_grader import MathGrader, last_boxed, last_number
 
 CORRECT, INCORRECT = 1.0, -1.0
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
-_FRAC = re.compile(r"\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}")
-
-
-def last_boxed(text):
-    """Contents of the last \\boxed{...} (nested braces allowed), or None."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, begin = 0, start + len("\\boxed{")
-    for index in range(begin, len(text)):
-        if text[index] == "{":
-            depth += 1
-        elif text[index] == "}":
-            if depth == 0:
-                return text[begin:index]
-            depth -= 1
-    return None
+_GRADER = MathGrader()
 
 
 def extract_answer(text):
-    """The final answer of a completion: last \\boxed{} contents, else last number, else None."""
+    """The final answer of a completion as text: last \\boxed{} contents, else last number."""
     boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed.strip()
-    numbers = _NUMBER.findall(text)
-    return numbers[-1] if numbers else None
-
-
-def parse_number(text):
-    """A `fractions.Fraction` for numeric text ("-12", "1,000", "0.5", "3/4", "\\frac{3}{4}")."""
-    if text is None:
-        return None
-    cleaned = text.strip().strip("$").replace(" ", "").replace("\\!", "")
-    cleaned = _FRAC.sub(r"(\1)/(\2)", cleaned).replace("(", "").replace(")", "")
-    cleaned = cleaned.replace(",", "")
-    try:
-        if "/" in cleaned:
-            numerator, denominator = cleaned.split("/")
-            return fractions.Fraction(numerator) / fractions.Fraction(denominator)
-        return fractions.Fraction(cleaned)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def answers_match(predicted, reference):
-    if predicted is None:
-        return False
-    predicted_value, reference_value = parse_number(predicted), parse_number(reference)
-    if predicted_value is not None and reference_value is not None:
-        return predicted_value == reference_value
-    return "".join(predicted.split()) == "".join(str(reference).split())
+    return boxed.strip() if boxed is not None else last_number(text)
 
 
 def math_reward(completion, reference):
-    """+1 when the completion's final answer equals `reference`, else -1."""
-    return CORRECT if answers_match(extract_answer(completion), reference) else INCORRECT
+    """+1 when math-verify finds the completion's final answer equal to `reference`, else -1
+    (also when grading it takes longer than `math_grader.GRADING_TIMEOUT_S`)."""
+    return CORRECT if _GRADER(completion, reference) else INCORRECT
 
 
 def digit_sum_reward(completion, reference):
     """+1 when the last number has `digits` digits (no leading zero) summing to `sum`."""
     digits, total = (int(part) for part in reference.split(":"))
-    numbers = re.findall(r"\d+", completion)
-    if not numbers:
+    numbers_found = re.findall(r"\d+", completion)
+    if not numbers_found:
         return INCORRECT
-    answer = numbers[-1]
+    answer = numbers_found[-1]
     ok = len(answer) == digits and answer[0] != "0" and sum(map(int, answer)) == total
     return CORRECT if ok else INCORRECT
 
@@ -117,12 +78,41 @@ def register_reward(name, function):
     REWARDS[name] = function
 
 
+class CheckedReward:
+    """A reward whose every value is checked to be a finite number (returned as a float)."""
+
+    def __init__(self, function, name):
+        self.function = function
+        self.name = name
+
+    def __call__(self, completion, reference):
+        value = self.function(completion, reference)
+        if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)
+                or not math.isfinite(value)):
+            shown = repr(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise UserError(
+                f"reward {self.name} returned {shown} ({type(value).__name__}) for the "
+                f"reference {str(reference)[:40]!r}; a reward must return a finite number "
+                "(the built-in ones give +1.0 for a correct answer, -1.0 otherwise).")
+        return float(value)
+
+
+def _name_of(function):
+    module = getattr(function, "__module__", None)
+    qualname = getattr(function, "__qualname__", type(function).__name__)
+    return f"{module}:{qualname}" if module else qualname
+
+
 def get_reward(name):
-    """A reward by built-in name, or "package.module:function" for your own."""
-    if callable(name):
+    """A reward by built-in or registered name, "package.module:function", or a callable;
+    wrapped in `CheckedReward`."""
+    if isinstance(name, CheckedReward):
         return name
+    if callable(name):
+        return CheckedReward(name, _name_of(name))
     if name in REWARDS:
-        return REWARDS[name]
+        return CheckedReward(REWARDS[name], repr(name))
     if ":" in name:
         module_name, function_name = name.split(":", 1)
         try:
@@ -133,7 +123,7 @@ def get_reward(name):
         function = getattr(module, function_name, None)
         if not callable(function):
             raise UserError(f"{name!r} does not name a callable reward function.")
-        return function
+        return CheckedReward(function, repr(name))
     raise UserError(
         f"Unknown reward {name!r}: use one of {', '.join(REWARDS)} or "
         "'package.module:function' for a callable (completion, reference) -> float."

@@ -16,7 +16,6 @@ import dataclasses
 
 import numpy as np
 
-from pipelines.common.errors import UserError
 from pipelines.grpo.loss import group_advantages
 from pipelines.grpo.rewards import overlong_penalty
 from pipelines.grpo.rollout import Rollout
@@ -90,22 +89,3 @@ class GroupSampler:
                    "share_groups_dropped": len(dropped) / sampled_groups,
                    "overlong_penalty": penalty.mean()})
 
-
-def checked_reward(reward_fn):
-    """`reward_fn` returning a float; a reward that returns anything but a finite number
-    (a user's `--reward module:function`) is a UserError naming it."""
-    name = getattr(reward_fn, "__qualname__", repr(reward_fn))
-
-    def reward(completion, reference):
-        value = reward_fn(completion, reference)
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = None
-        if number is None or isinstance(value, (str, bytes)) or not np.isfinite(number):
-            raise UserError(
-                f"reward {name} returned {value!r} ({type(value).__name__}) for a completion; "
-                "a reward must return a finite number (e.g. 1.0 / -1.0)")
-        return number
-
-    return reward

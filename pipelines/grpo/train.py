@@ -44,8 +44,8 @@ from pipelines.grpo.models import backbone_class, enable_lora, load_causal_lm, t
 from pipelines.grpo.optim import build_optimizer
 from pipelines.grpo.rewards import get_reward
 from pipelines.grpo.rollout import RolloutGenerator
-from pipelines.grpo.sampling import GroupSampler, checked_reward
-from pipelines.grpo.tasks import BUILTIN_TASKS, builtin_problems, load_jsonl, split_problems
+from pipelines.grpo.sampling import GroupSampler
+from pipelines.grpo.tasks import BUILTIN_TASKS, builtin_problems, read_problems, split_problems
 from pipelines.grpo.update import PolicyUpdate, make_era
 from pipelines.grpo.warm_start import warm_start, warm_start_examples
 
@@ -58,9 +58,9 @@ def load_problems(config):
                                 config.held_out_fraction)
         return train, test
     reward = config.reward or "math"
-    problems = load_jsonl(config.task, reward)
+    problems = read_problems(config.task, reward)
     if config.eval_data:
-        return problems, load_jsonl(config.eval_data, reward)[: config.num_eval_prompts]
+        return problems, read_problems(config.eval_data, reward)[: config.num_eval_prompts]
     train, test = split_problems(problems, config.held_out_fraction)
     return train, test[: config.num_eval_prompts]
 
@@ -85,7 +85,7 @@ class GRPOTrainer:
         self.causal_lm = causal_lm
         self.eval_problems = eval_problems
         names = {p.reward for p in train_problems + eval_problems}
-        self.reward_fns = {n: checked_reward(get_reward(config.reward or n)) for n in names}
+        self.reward_fns = {n: get_reward(config.reward or n) for n in names}
         self.era = make_era(config)
         self.optimizer = build_optimizer(config)
         self.generator = RolloutGenerator(

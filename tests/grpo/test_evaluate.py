@@ -57,3 +57,22 @@ def test_evaluate_counts_accuracy_pass_at_k_and_distinct_correct_answers():
     assert metrics["pass_at_2"] == pytest.approx(0.75)
     assert metrics["pass_at_4"] == 1.0
     assert metrics["response_length"] == pytest.approx(np.mean([len(s) for s in sampled]))
+
+
+def test_benchmark_metrics_are_avg_at_n_and_pass_at_k_of_the_graded_samples():
+    from pipelines.grpo.benchmark_eval import Graded, Sampling
+
+    # 3 problems x 4 samples: 2, 0 and 4 correct.
+    correct = np.array([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]], dtype=bool)
+    graded = Graded("aime24", [Problem(str(i), "1") for i in range(3)],
+                    Sampling(4, 0.7, 0.95, 8), [""] * 12, np.full((3, 4), 5.0),
+                    np.zeros((3, 4), bool), correct)
+    metrics = graded.metrics()
+    assert metrics["avg_at_4"] == pytest.approx(6 / 12)
+    assert metrics["pass_at_4"] == pytest.approx(2 / 3)  # problems with any correct sample
+    assert metrics["pass_at_1"] == pytest.approx(metrics["avg_at_4"])
+    assert metrics["pass_at_2"] == pytest.approx((5 / 6 + 0 + 1) / 3)
+    greedy = Graded("math500", graded.problems, Sampling(), [""] * 3, np.ones((3, 1)),
+                    np.zeros((3, 1), bool), correct[:, :1])
+    assert greedy.metrics()["accuracy"] == pytest.approx(2 / 3)
+    assert "pass_at_1" not in greedy.metrics()

@@ -134,7 +134,7 @@ def test_bad_config_is_refused_with_every_problem_and_what_is_allowed():
     assert "group_size must be >= 2" in message
     assert "tiny model family must be one of qwen, qwen3" in message
     assert "task must be one of arithmetic, digit_sum" in message
-    with pytest.raises(ConfigError, match="warm_start_steps must be 0 for a JSONL task"):
+    with pytest.raises(ConfigError, match="warm_start_steps must be 0 for a data file task"):
         GRPOConfig(task="train.jsonl", warm_start_steps=10)
 
 

@@ -97,7 +97,7 @@ def test_a_reward_that_is_not_a_number_is_one_line_naming_it(tmp_path, tracking_
 
     rewards.register_reward("shouting", shouting)
     try:
-        with pytest.raises(UserError, match=r"reward .*shouting returned 'yes' \(str\).*finite "
+        with pytest.raises(UserError, match=r"reward .*shouting.* returned 'yes' \(str\).*finite "
                                             r"number"):
             run(GRPOConfig(steps=1, run_dir=str(tmp_path / "run"), reward="shouting", **TINY),
                 tracking_uri=tracking_uri, export=False, progress=False)
