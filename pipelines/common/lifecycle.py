@@ -69,7 +69,11 @@ class RunLifecycle:
         if self.chief:
             tracking.check_store(self.tracking_uri)
             self.run_dir.lock()
-            self.resumed = self.run_dir.claim(self.claimed, may_change=self.may_change)
+            try:
+                self.resumed = self.run_dir.claim(self.claimed, may_change=self.may_change)
+            except BaseException:
+                self.run_dir.unlock()  # a refused claim leaves the run dir free
+                raise
         return self.resumed
 
     def announce_resume(self, position):

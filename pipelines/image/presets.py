@@ -10,7 +10,7 @@ command, for CIFAR-10:
 with the script's defaults for what it does not set: SGD with momentum 0.9, weight decay
 2e-5, 5 warm-up epochs, label smoothing 0.1 (kept on beside ERA), ERA's H_min 0.6, and
 timm's ResNet-50 at its 224-pixel input size. There is no ImageNet command; the ImageNet
-recipe is that script's defaults at ImageNet scale (lr 0.1 per 256 images, 300 epochs,
+preset is that script's defaults at ImageNet scale (lr 0.1 per 256 images, 300 epochs,
 batch 256 in their 4 x 64 layout), the same head and H0.
 
 What this pipeline does not have of that command, and leaves out: AugMix splits with the

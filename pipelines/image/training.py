@@ -240,8 +240,8 @@ def _train(config):
     run = RunLifecycle(config, config.experiment, run_name(config),
                        tracking_uri=config.tracking_uri, chief=chief,
                        claimed=claimed_config(config))
-    run.start()
     try:
+        run.start()
         return _fit_and_finish(config, run, strategy, builder, info, floor)
     finally:
         run.close()  # in a process that goes on (tests, notebooks) after a failed run
