@@ -129,7 +129,12 @@ def _verbosity(config):
 
 
 def train(config):
-    """Run the pipeline for `config` (an ImageConfig); return a summary dict."""
+    """Run the pipeline for `config` (an ImageConfig); returns the run's summary.
+
+    The summary every pipeline returns (`RunLifecycle.finish`): `run_id`, `run_dir`,
+    `step` (epochs done), `exports` ({"classifier": export dir}), `metrics` (the final
+    test metrics), and `served_temperature`; `chief: False` on a non-chief worker.
+    """
     previous_policy = keras.mixed_precision.global_policy()
     if config.mixed_precision != "off":
         keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
