@@ -253,6 +253,8 @@ def _train(config):
 
 
 def _fit_and_finish(config, run, strategy, builder, info, floor):
+    """The run once its dir is held: data, model, restore, fit with the per-epoch triggers
+    as callbacks, then (the chief) test metrics and export; returns the summary."""
     chief = run.chief
     inputs = prepare_inputs(config, (builder, info))
     keras.utils.set_random_seed(config.seed)
