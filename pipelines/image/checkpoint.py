@@ -1,92 +1,58 @@
-"""Checkpoints of a training run: one per epoch, the newest two kept, damaged ones skipped.
+"""What an image checkpoint holds, kept by the shared `CheckpointRotation`.
 
 `<run_dir>/checkpoints/epoch-<N>/` holds `weights.weights.h5` (the model's weights and the
 optimizer's state, so the learning-rate schedule continues where it stopped) and
-`training_metadata.json` (`{"epoch": N}`). A checkpoint is written under a hidden name and
-renamed into place, so a kill leaves either the whole checkpoint or none of it.
-
-Restoring tries the newest checkpoint first. A damaged one (a truncated weights file, an
-empty metadata file) is reported with a warning naming the file, and the previous one is
-used. If none can be read, a `CorruptCheckpointError` names the file and what to do.
+`training_metadata.json` (`{"epoch": N}`). New checkpoints are named `epoch-0000003`;
+those of older runs, `epoch-3`, are read the same way. Writing whole, keeping the newest
+two and falling back past a damaged one is `pipelines.common.checkpoints`'.
 """
 
-import os
-import pathlib
-import shutil
-import sys
 import threading
 
 import keras
 
+from pipelines.common.checkpoints import CheckpointRotation
 from pipelines.common.errors import CorruptCheckpointError
 from pipelines.common.run_dir import read_json, write_json_atomic
 
 CHECKPOINT_DIR = "checkpoints"
+PREFIX = "epoch"
 WEIGHTS_FILE = "weights.weights.h5"
 METADATA_FILE = "training_metadata.json"
-KEEP = 2
 
 
-class EpochCheckpoints:
-    """Save after every epoch (`callback()`), restore the newest readable one (`restore`)."""
+class ImageCheckpoints:
+    """The model's per-epoch checkpoints in a run dir: `save`, `restore`, `callback`."""
 
-    def __init__(self, run_dir, keep=KEEP):
-        self.directory = pathlib.Path(run_dir) / CHECKPOINT_DIR
-        self.keep = keep
-
-    def _saved(self):
-        """[(epoch, directory)] of the complete checkpoints, newest first."""
-        if not self.directory.is_dir():
-            return []
-        found = []
-        for path in self.directory.iterdir():
-            if path.name.startswith("epoch-") and path.name[6:].isdigit():
-                found.append((int(path.name[6:]), path))
-        return sorted(found, reverse=True)
+    def __init__(self, run_dir):
+        self.rotation = CheckpointRotation(f"{run_dir}/{CHECKPOINT_DIR}", prefix=PREFIX)
 
     def save(self, model, epoch):
-        staging = self.directory / f".epoch-{epoch}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        model.save_weights(staging / WEIGHTS_FILE)
-        write_json_atomic(staging / METADATA_FILE, {"epoch": epoch})
-        target = self.directory / f"epoch-{epoch}"
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
-        for _, old in self._saved()[self.keep:]:
-            shutil.rmtree(old, ignore_errors=True)
+        def write(directory):
+            model.save_weights(directory / WEIGHTS_FILE)
+            write_json_atomic(directory / METADATA_FILE, {"epoch": epoch})
+
+        return self.rotation.save(epoch, write)
 
     def restore(self, model):
         """Load the newest readable checkpoint into `model`; returns its epoch (0: none)."""
-        saved = self._saved()
-        failures = []
-        for epoch, path in saved:
-            try:
-                metadata = read_json(path / METADATA_FILE, "checkpoint metadata",
-                                     "the checkpoint is damaged")
-                if metadata.get("epoch") != epoch:
-                    raise CorruptCheckpointError(
-                        f"checkpoint metadata {path / METADATA_FILE} says epoch "
-                        f"{metadata.get('epoch')!r}, expected {epoch}"
-                    )
-                _load_weights(model, path / WEIGHTS_FILE)
-            except CorruptCheckpointError as error:
-                failures.append(str(error))
-                older = [older_path for older_epoch, older_path in saved if older_epoch < epoch]
-                if older:
-                    print(f"warning: {error}; falling back to the previous checkpoint "
-                          f"{older[0]}", file=sys.stderr, flush=True)
-                continue
-            return epoch
-        if failures:
-            raise CorruptCheckpointError(
-                f"{failures[0]}; no readable checkpoint is left in {self.directory}: delete "
-                f"{self.directory} to start the run over (or restore the files)"
-            )
-        return 0
 
-    def callback(self):
-        return _SaveEveryEpoch(self)
+        def read(directory):
+            metadata = read_json(directory / METADATA_FILE, "checkpoint metadata",
+                                 "the checkpoint is damaged")
+            epoch = self.rotation.step_of(directory)
+            if metadata.get("epoch") != epoch:
+                raise CorruptCheckpointError(
+                    f"checkpoint metadata {directory / METADATA_FILE} says epoch "
+                    f"{metadata.get('epoch')!r}, expected {epoch}")
+            _load_weights(model, directory / WEIGHTS_FILE)
+
+        restored = self.rotation.restore(read, what="image checkpoint")
+        return restored.step if restored else 0
+
+    def callback(self, trigger):
+        """A Keras callback that saves the model at the epochs `trigger` fires on."""
+        return _SaveOnTrigger(self, trigger)
 
 
 def _load_weights(model, path):
@@ -104,12 +70,15 @@ def _load_weights(model, path):
         ) from None
 
 
-class _SaveEveryEpoch(keras.callbacks.Callback):
-    def __init__(self, checkpoints):
+class _SaveOnTrigger(keras.callbacks.Callback):
+    def __init__(self, checkpoints, trigger):
         super().__init__()
         self.checkpoints = checkpoints
+        self.trigger = trigger
 
     def on_epoch_end(self, epoch, logs=None):
+        if not self.trigger(epoch, epoch + 1):
+            return
         # Saved from a thread of its own, outside fit's distribution strategy scope (the
         # scope is per thread): Keras' writer creates a throw-away optimizer, which under
         # MultiWorkerMirroredStrategy would broadcast its variables to workers that are

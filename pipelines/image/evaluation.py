@@ -117,18 +117,21 @@ def final_report(model, head, validation_ds, test_ds):
 
 
 class EpochMetrics(keras.callbacks.Callback):
-    """Logs the epoch's training metrics, the validation metrics and throughput to MLflow.
+    """The epoch's training metrics, the validation metrics and throughput, at the epochs
+    `trigger` (a `pipelines.common.lifecycle.IntervalTrigger`) fires on.
 
-    Put it before the checkpoint callback in the list: then an epoch's metrics are logged
-    before its checkpoint, and a run killed in between re-runs the epoch and logs the same
-    step again (`metric_history` keeps the last value of each step).
+    `log(metrics, step)` is the run's `RunLifecycle.log_metrics`, which logs each (metric,
+    epoch) once: a run killed after an epoch's metrics but before its checkpoint trains
+    that epoch again on resume, and the values logged first stay.
     """
 
-    def __init__(self, validation_ds, validation_labels, learning_rate_fn=None,
+    def __init__(self, validation_ds, validation_labels, log, trigger, learning_rate_fn=None,
                  images_per_epoch=None):
         super().__init__()
         self.validation_ds = validation_ds
         self.validation_labels = validation_labels
+        self.log = log
+        self.trigger = trigger
         self.learning_rate_fn = learning_rate_fn
         self.images_per_epoch = images_per_epoch
         self.last = {}
@@ -138,8 +141,8 @@ class EpochMetrics(keras.callbacks.Callback):
         self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        import mlflow
-
+        if not self.trigger(epoch, epoch + 1):
+            return
         seconds = time.perf_counter() - self._started
         logs = logs or {}
         train = {name: float(logs[key])
@@ -153,7 +156,7 @@ class EpochMetrics(keras.callbacks.Callback):
         if self.images_per_epoch:
             perf["train_images_per_second"] = self.images_per_epoch / seconds
         metrics = {**grouped("train", train), **named("val", validation), **grouped("perf", perf)}
-        mlflow.log_metrics(metrics, step=epoch + 1)
+        self.log(metrics, epoch + 1)
         self.last = metrics
         print(
             f"epoch {epoch + 1}: val top1 {validation['top1']:.4f}  nll "
@@ -166,8 +169,8 @@ class EpochMetrics(keras.callbacks.Callback):
 def metric_curves(run_id):
     """{"top1/train": (epochs, values), "top1/val": ..., "entropy/val_min": ...} for plots.
 
-    Read through `pipelines.common.metrics.metric_history` (resumes included: a step
-    logged twice keeps its last value); panels group by the part before "/".
+    Read through `pipelines.common.metrics.metric_history`; panels group by the part
+    before "/".
     """
     import mlflow
 

@@ -23,6 +23,10 @@ HEADS = ("softmax", "label_smoothing", "dropout", "era", "era_label_smoothing")
 
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
+    """A head's settings. Its defaults are the pipeline's (`ImageConfig` and the presets
+    read them from here); H0 = 0.6 nats is the authors' image target (nothingbutbut/era,
+    `resnet-era/`)."""
+
     kind: str = "era"
     label_smoothing: float = 0.1  # strength, for the *label_smoothing heads
     dropout: float = 0.2  # rate before the last Dense, for the dropout head

@@ -1,12 +1,13 @@
-"""Training: distribution strategy, optimizer and schedule, fit with resume, then finish.
+"""Training: distribution strategy, optimizer and schedule, Keras fit, then finish.
 
-`train(config)` runs the whole pipeline: check the config (the dataset and the ERA target
-included), claim the run directory (`pipelines.common.run_dir.RunDir`), build the model,
-restore the newest readable checkpoint (`checkpoint.EpochCheckpoints`), Keras fit with a
-checkpoint and validation metrics every epoch, then test metrics (with the fitted
-temperature, applied to the export only with `calibrate`), the Keras model, curves, the
-MLflow model and a TF Serving export. Everything goes to one MLflow run, which a resumed
-run continues (`pipelines.common.tracking.tracked_run` keeps the run id in the run dir).
+`train(config)` runs the pipeline on the shared run lifecycle
+(`pipelines.common.lifecycle.RunLifecycle`): check the config (the dataset and the ERA
+target included), check the tracking store, lock and claim the run directory, build the
+model, restore the newest readable checkpoint (`checkpoint.ImageCheckpoints`), then Keras
+`fit`, whose callbacks log the epoch's metrics and checkpoint it on `IntervalTrigger`s;
+then test metrics (with the fitted temperature, applied to the export only with
+`calibrate`), the Keras model, curves, the MLflow model and a TF Serving export. Everything
+goes to one MLflow run, which a resumed run continues, each metric once per epoch.
 
 Under `multi_worker_mirrored` every worker runs this same function; the chief alone claims
 the run directory, writes checkpoints, logs to MLflow and exports. The other workers read
@@ -14,7 +15,6 @@ the chief's checkpoints when they resume, so the run directory must be on storag
 worker can read.
 """
 
-import contextlib
 import dataclasses
 import pathlib
 import time
@@ -26,15 +26,18 @@ import tensorflow as tf
 import era_keras
 from pipelines.common import tracking
 from pipelines.common.errors import UserError
-from pipelines.common.run_dir import RunDir
+from pipelines.common.lifecycle import IntervalTrigger, RunLifecycle
 from pipelines.image import data, evaluation, export, offline_datasets
-from pipelines.image.checkpoint import EpochCheckpoints
+from pipelines.image.checkpoint import ImageCheckpoints
 from pipelines.image.classifier import build_classifier
 from pipelines.image.heads import head_loss, served_probabilities
 
 MODEL_FILE = "model.keras"
+EXPORT_NAME = "classifier"  # the summary's `exports` key of the TF Serving export
 # Display settings: they may change when a run resumes, and are not part of its identity.
 DISPLAY_FIELDS = ("verbose",)
+# Every epoch is logged and checkpointed (one epoch is the unit Keras fit resumes from).
+EVERY_EPOCHS = 1
 
 
 def make_strategy(name):
@@ -52,11 +55,23 @@ def make_strategy(name):
         # Reads the cluster from TF_CONFIG, as every worker runs the same command.
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
+        return _tpu_strategy()
+    raise ValueError(f"Unknown strategy {name!r}.")
+
+
+def _tpu_strategy():
+    """TPUStrategy on the TPU that `TPUClusterResolver` finds (a TPU VM's own, or
+    `TPU_NAME`); a UserError when there is none."""
+    try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    raise ValueError(f"Unknown strategy {name!r}.")
+    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"--strategy tpu found no TPU ({reason.rstrip('.')}); run on a Cloud TPU VM or "
+            "set TPU_NAME, or use --strategy default or mirrored") from None
+    return tf.distribute.TPUStrategy(resolver)
 
 
 def learning_rate_schedule(config, steps_per_epoch):
@@ -114,7 +129,12 @@ def _verbosity(config):
 
 
 def train(config):
-    """Run the pipeline for `config` (an ImageConfig); return a summary dict."""
+    """Run the pipeline for `config` (an ImageConfig); returns the run's summary.
+
+    The summary every pipeline returns (`RunLifecycle.finish`): `run_id`, `run_dir`,
+    `step` (epochs done), `exports` ({"classifier": export dir}), `metrics` (the final
+    test metrics), and `served_temperature`; `chief: False` on a non-chief worker.
+    """
     previous_policy = keras.mixed_precision.global_policy()
     if config.mixed_precision != "off":
         keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
@@ -220,44 +240,47 @@ def _train(config):
     # Every problem at once, and all of it before the data is read or the run directory
     # is claimed.
     floor = config.check(info, dataset_problem)
-    inputs = prepare_inputs(config, (builder, info))
-    head = config.head_config()
     if config.run_dir is None:
         config.run_dir = default_run_dir(config)
-    run_dir = RunDir(config.run_dir)
-    if chief:
-        run_dir.claim(claimed_config(config))
+    run = RunLifecycle(config, config.experiment, run_name(config),
+                       tracking_uri=config.tracking_uri, chief=chief,
+                       claimed=claimed_config(config))
+    try:
+        run.start()
+        return _fit_and_finish(config, run, strategy, builder, info, floor)
+    finally:
+        run.close()  # in a process that goes on (tests, notebooks) after a failed run
+
+
+def _fit_and_finish(config, run, strategy, builder, info, floor):
+    """The run once its dir is held: data, model, restore, fit with the per-epoch triggers
+    as callbacks, then (the chief) test metrics and export; returns the summary."""
+    chief = run.chief
+    inputs = prepare_inputs(config, (builder, info))
     keras.utils.set_random_seed(config.seed)
     model, schedule = compiled_model(config, inputs, strategy)
-    checkpoints = EpochCheckpoints(run_dir.path)
+    checkpoints = ImageCheckpoints(run.run_dir)
     with strategy.scope():
         initial_epoch = checkpoints.restore(model)
-    if chief and run_dir.resumed:
-        run_dir.announce_resume(
-            f"epoch {initial_epoch}" if initial_epoch
-            else "the start (no checkpoint was written yet)"
-        )
-
-    tracked = (tracking.tracked_run(config.experiment, config, run_dir.path, config.tracking_uri,
-                                    run_name=run_name(config))
-               if chief else contextlib.nullcontext())
-    with tracked as run:
+    if run.resumed:
+        run.announce_resume(f"epoch {initial_epoch}" if initial_epoch
+                            else "the start (no checkpoint was written yet)")
+    every_epoch = IntervalTrigger(EVERY_EPOCHS, config.epochs)
+    with run.tracking() as active:
         callbacks = []
         if chief:
-            import mlflow
-
-            if not run_dir.resumed:
-                mlflow.log_params(
-                    _setting_params(inputs.info, floor, head, inputs.steps_per_epoch, strategy)
-                )
+            _log_setting_params(active, _setting_params(
+                inputs.info, floor, config.head_config(), inputs.steps_per_epoch, strategy))
             callbacks = [
                 evaluation.EpochMetrics(
                     inputs.validation,
                     data.integer_labels(inputs.validation),
+                    log=run.log_metrics,
+                    trigger=every_epoch,
                     learning_rate_fn=lambda: schedule(model.optimizer.iterations),
                     images_per_epoch=inputs.steps_per_epoch * config.batch_size,
                 ),
-                checkpoints.callback(),  # after the metrics: see EpochMetrics
+                checkpoints.callback(every_epoch),  # after the metrics: see EpochMetrics
             ]
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             _work_around_keras_multi_worker(model)
@@ -271,13 +294,19 @@ def _train(config):
                 shuffle=False,  # the tf.data pipeline shuffles; Keras warns it ignores this
                 verbose=_verbosity(config) if chief else 0,
             )
-        if not chief:
-            _all_workers_done(strategy)
-            return {"run_dir": str(run_dir), "chief": False}
-        summary = finish(config, run, run_dir, model, head, inputs)
+        if chief:
+            exports, metrics, temperature = finish(config, run, active, model, inputs)
         _all_workers_done(strategy)
-    print(f"MLflow run {summary['run_id']}; exported {summary['export_dir']}", flush=True)
-    return summary
+    if not chief:
+        return run.finish(config.epochs, chief=False)
+    return run.finish(config.epochs, exports, metrics, served_temperature=temperature)
+
+
+def _log_setting_params(active, params):
+    """The run's facts as params, once: a resumed MLflow run already holds them."""
+    import mlflow
+
+    mlflow.log_params({k: v for k, v in params.items() if k not in active.data.params})
 
 
 def _all_workers_done(strategy):
@@ -323,20 +352,25 @@ def _setting_params(info, floor, head, steps_per_epoch, strategy):
     return params
 
 
-def finish(config, run, run_dir, model, head, inputs):
-    """After fit: test metrics, saved model, curves, MLflow model, export, finished.json."""
+def finish(config, run, active, model, inputs):
+    """After fit: test metrics, saved model, curves, MLflow model, export.
+
+    Returns (exports {name: path}, test metrics, the temperature the export applies).
+    """
     import mlflow
 
     info = inputs.info
+    head = config.head_config()
     metrics, fitted_temperature = evaluation.final_report(
         model, head, inputs.validation, inputs.test
     )
-    mlflow.log_metrics(metrics)
+    run.log_metrics(metrics, config.epochs)
 
-    model.save(run_dir / MODEL_FILE)
-    mlflow.log_artifact(str(run_dir / MODEL_FILE))
+    model_file = run.run_dir / MODEL_FILE
+    model.save(model_file)
+    mlflow.log_artifact(str(model_file))
     tracking.log_curves(
-        evaluation.metric_curves(run.info.run_id),
+        evaluation.metric_curves(active.info.run_id),
         "curves.png",
         title=f"{config.dataset} {config.backbone} {config.head}",
         xlabel="epoch",
@@ -350,7 +384,7 @@ def finish(config, run, run_dir, model, head, inputs):
                                        fitted_temperature=fitted_temperature)
     if config.log_model:
         _log_keras_model(model, inputs.validation, metadata)
-    export_base = config.export_base or str(run_dir / "serving")
+    export_base = config.export_base or str(run.run_dir / "serving")
     model_name = config.model_name or f"{config.dataset}_{config.backbone}_{config.head}"
     export_dir = export.export_for_serving(
         model, export_base, model_name, info.image_shape, metadata
@@ -359,12 +393,7 @@ def finish(config, run, run_dir, model, head, inputs):
     mlflow.log_artifacts(str(export_dir), "saved_model")
     mlflow.log_dict(metadata, "serving_metadata.json")
     mlflow.set_tag("export_dir", str(export_dir))
-
-    summary = {"run_id": run.info.run_id, "run_dir": str(run_dir), "export_dir": str(export_dir),
-               "served_temperature": temperature}
-    summary.update(metrics)
-    run_dir.finish(summary)
-    return summary
+    return {EXPORT_NAME: export_dir}, metrics, temperature
 
 
 def _class_names(builder, info):

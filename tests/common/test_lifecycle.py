@@ -278,3 +278,17 @@ def test_a_bug_inside_a_healthy_store_keeps_its_traceback(tmp_path):
     with pytest.raises(ZeroDivisionError):
         with store_failures(f"sqlite:///{tmp_path}/mlflow.db", tmp_path):
             raise ZeroDivisionError("a bug, not the store")
+
+
+def test_a_refused_claim_leaves_the_run_dir_unlocked(tmp_path):
+    """In a process that goes on (a test, a notebook), a claim refused for other settings
+    does not keep the lock: the same process may then use the run dir."""
+    first = RunLifecycle(Settings(lr=0.1), "lifecycle", "run", run_dir=tmp_path / "run",
+                         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    first.start()
+    first.close()
+    other = RunLifecycle(Settings(lr=0.2), "lifecycle", "run", run_dir=tmp_path / "run",
+                         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(UserError, match="other settings"):
+        other.start()
+    RunDir(tmp_path / "run").lock().unlock()  # free again

@@ -13,6 +13,7 @@ import mlflow
 import pytest
 
 from pipelines.common.run_dir import FINISHED_FILE
+from pipelines.image.checkpoint import ImageCheckpoints
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -131,8 +132,8 @@ def test_multi_worker_mirrored_two_local_workers_and_only_the_chief_writes(
 
     chief = tmp_path / "run-0"
     summary = json.loads((chief / FINISHED_FILE).read_text())
-    assert (chief / "checkpoints" / "epoch-1").is_dir()
-    assert (pathlib.Path(summary["export_dir"]) / "saved_model.pb").is_file()
+    assert [step for step, _ in ImageCheckpoints(chief).rotation.saved()] == [1]
+    assert (pathlib.Path(summary["exports"]["classifier"]) / "saved_model.pb").is_file()
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow-0.db'}")
     run = client.get_run(summary["run_id"])
     assert run.data.params["train.replicas"] == "2"  # one CPU replica per worker

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pipelines.common.run_dir import FINISHED_FILE
 from pipelines.image import __main__ as cli
 from pipelines.image import data, training
 from pipelines.image.__main__ import build_parser, config_from_args
+from pipelines.image.checkpoint import ImageCheckpoints
 from pipelines.image.config import ImageConfig
 from tests.image.conftest import tiny_config
 
@@ -82,8 +84,10 @@ def test_end_to_end_on_mock_cifar10(tracking_uri, tmp_path):
     assert logged_config["dataset"] == "cifar10" and logged_config["head"] == "era_label_smoothing"
     logged = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
     assert logged.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 32, 32, 3)
-    export_dir = pathlib.Path(summary["export_dir"])
+    export_dir = pathlib.Path(summary["exports"][training.EXPORT_NAME])
     assert export_dir.name == "1" and (export_dir / "saved_model.pb").exists()
+    assert summary["step"] == config.epochs and summary["run_dir"] == str(tmp_path / "run")
+    assert summary["metrics"]["eval/test_top1"] == run.data.metrics["eval/test_top1"]
     assert (export_dir.parent.parent / "models.config").exists()
 
 
@@ -136,7 +140,9 @@ def test_real_data_run_serves_what_keras_predicts(
     config = tiny_config(tmp_path / "run", offline_data_dir, era_at_inference=era_at_inference,
                          calibrate=calibrate)
     summary = training.train(config)
-    assert summary["served_temperature"] == (summary["eval/temperature"] if calibrate else 1.0)
+    metrics = summary["metrics"]
+    assert summary["served_temperature"] == (metrics["eval/temperature"] if calibrate else 1.0)
+    export_dir = summary["exports"][training.EXPORT_NAME]
 
     builder = data.get_builder("sklearn_digits", offline_data_dir)
     images = np.concatenate([x.numpy() for x, _ in data.read_split(builder, "test").batch(512)])
@@ -145,7 +151,7 @@ def test_real_data_run_serves_what_keras_predicts(
     logits = model.predict(images.astype("float32") / 255.0, verbose=0)
     expected = keras.ops.convert_to_numpy(keras.ops.softmax(logits / temperature))
 
-    served = _serve_standalone(summary["export_dir"], images, tmp_path)
+    served = _serve_standalone(export_dir, images, tmp_path)
     np.testing.assert_allclose(served["probabilities"], expected, atol=2e-6)
     assert np.array_equal(served["class_ids"], expected.argmax(-1))
     assert float(served["temperature"]) == pytest.approx(temperature)
@@ -164,11 +170,11 @@ def test_real_data_run_serves_what_keras_predicts(
         assert served["served"].item().decode().startswith("softmax")
         np.testing.assert_allclose(logits, raw, atol=1e-6)
     metadata = json.loads(
-        (pathlib.Path(summary["export_dir"]) / "assets.extra" / "serving_metadata.json").read_text()
+        (pathlib.Path(export_dir) / "assets.extra" / "serving_metadata.json").read_text()
     )
     assert metadata["era_at_inference"] == era_at_inference
     assert metadata["calibrated"] is calibrate
-    assert metadata["fitted_temperature"] == pytest.approx(summary["eval/temperature"])
+    assert metadata["fitted_temperature"] == pytest.approx(metrics["eval/temperature"])
     assert metadata["class_names"] == [str(i) for i in range(10)]
     if era_at_inference and not calibrate:  # the floor holds on what is served
         p = served["probabilities"].astype(np.float64)
@@ -247,26 +253,31 @@ def test_every_config_problem_is_reported_together(capsys, offline_data_dir, tmp
         ImageConfig(optimizer="adam").check()
 
 
-def test_an_unknown_recipe_lists_the_recipes(capsys):
-    assert main(["--recipe", "cifar100-vit", "--print-config"]) == 2
+def test_an_unknown_preset_lists_the_presets(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--preset", "cifar100-vit", "--print-config"])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err
-    recipes = "cifar10-resnet50, imagenet-resnet50"
-    assert f"unknown recipe 'cifar100-vit'; the recipes are: {recipes}" in err
+    assert "invalid choice: 'cifar100-vit'" in err
+    assert "'cifar10-resnet50', 'imagenet-resnet50'" in err
 
 
-def test_print_config_shows_a_recipe_with_flags_on_top(capsys):
-    assert main(["--recipe", "cifar10-resnet50", "--epochs", "3", "--print-config"]) == 0
+def test_print_config_shows_a_preset_with_json_and_flags_on_top(capsys, tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"epochs": 7, "seed": 3}))
+    assert main(["--preset", "cifar10-resnet50", "--config-json", str(path), "--epochs", "3",
+                 "--print-config"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    from pipelines.image.recipes import RECIPES
+    from pipelines.image.presets import PRESETS
 
-    expected = {**RECIPES["cifar10-resnet50"], "epochs": 3}
+    expected = {**PRESETS["cifar10-resnet50"], "epochs": 3, "seed": 3}
     assert {key: shown[key] for key in expected} == expected
     # The authors' CIFAR-10 command: ResNet-50, cosine over 200 epochs at lr 0.05, batch
     # 4 x 64, AMP, RandAugment, label smoothing 0.1 kept on beside ERA with H0 = 0.6.
     assert (shown["backbone"], shown["learning_rate"], shown["batch_size"]) == (
         "resnet50", 0.05, 256)
     assert (shown["head"], shown["label_smoothing"], shown["target_entropy"]) == (
-        "era_label_smoothing", 0.1, 0.6)
+        "era_label_smoothing", 0.1, 0.6)  # written here as the authors' values to compare
     # A valid config (the ERA target is checked once the data says how many classes).
     assert ImageConfig.from_dict(shown).check() is None
 
@@ -335,6 +346,47 @@ def _cli(args):
     )
 
 
+def _assert_one_value_per_epoch(client, run, epochs):
+    """Every metric of the run has one value per step: the per-epoch ones at 1..epochs,
+    the final test metrics at the last epoch."""
+    run_id = run.info.run_id
+    for key in run.data.metrics:
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        if key.startswith(("eval/test_", "entropy/test_", "eval/temperature")):
+            assert steps == [epochs], key
+        else:
+            assert sorted(steps) == list(range(1, epochs + 1)), (key, steps)
+
+
+def test_a_killed_run_moved_elsewhere_resumes_with_one_value_per_metric_and_epoch(
+    tracking_uri, tmp_path, offline_data_dir, capsys
+):
+    """The state kill -9 leaves after epoch 2's metrics were logged but before its
+    checkpoint was written, then the run dir moved: the run resumes from its new path,
+    trains epoch 2 again, and MLflow still holds one value per metric and epoch (the
+    first)."""
+    run_dir = tmp_path / "run"
+    first = training.train(tiny_config(run_dir, offline_data_dir, epochs=2, steps_per_epoch=1))
+    client, run = _run(tracking_uri, first["run_id"])
+    logged = {key: [m.value for m in client.get_metric_history(run.info.run_id, key)
+                    if m.step == 2]
+              for key in ("eval/val_nll", "train/loss")}
+    (run_dir / FINISHED_FILE).unlink()
+    shutil.rmtree(ImageCheckpoints(run_dir).rotation.latest())  # never written
+    moved = tmp_path / "moved"
+    os.rename(run_dir, moved)
+    capsys.readouterr()
+    second = training.train(tiny_config(moved, offline_data_dir, epochs=2, steps_per_epoch=1))
+    assert f"Resuming the run in {moved} from epoch 1." in capsys.readouterr().err
+    assert second["run_id"] == first["run_id"] and second["step"] == 2
+    assert second["run_dir"] == str(moved)
+    client, run = _run(tracking_uri, first["run_id"])
+    _assert_one_value_per_epoch(client, run, epochs=2)
+    for key, value in logged.items():
+        at_2 = [m.value for m in client.get_metric_history(run.info.run_id, key) if m.step == 2]
+        assert at_2 == value, key
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(tracking_uri, tmp_path, offline_data_dir):
     run_dir = tmp_path / "run"
@@ -343,16 +395,16 @@ def test_killed_run_resumes_from_its_last_checkpoint(tracking_uri, tmp_path, off
             "--backbone", "resnet8", "--width", "8", "--epochs", "4", "--steps-per-epoch", "30",
             "--batch-size", "32", "--no-log-model", "--verbose", "2"]
     first = _cli(args)
-    checkpoints = run_dir / "checkpoints"
+    checkpoints = ImageCheckpoints(run_dir).rotation
     deadline = time.time() + 240
     while time.time() < deadline and first.poll() is None:
-        if checkpoints.is_dir() and any(p.name.startswith("epoch-") for p in checkpoints.iterdir()):
+        if checkpoints.saved():
             break
         time.sleep(0.05)
     assert first.poll() is None, first.communicate()[0][-3000:]  # alive when killed
     first.send_signal(signal.SIGKILL)
     first.wait()
-    done_epochs = max(int(p.name[6:]) for p in checkpoints.iterdir() if p.name.startswith("epoch-"))
+    done_epochs = checkpoints.saved()[0][0]
     assert 1 <= done_epochs < 4
     run_id = (run_dir / "mlflow_run_id.txt").read_text().strip()
     assert not (run_dir / FINISHED_FILE).exists()
@@ -366,8 +418,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tracking_uri, tmp_path, off
     summary = json.loads((run_dir / FINISHED_FILE).read_text())
     assert summary["run_id"] == run_id  # the same MLflow run, continued
     client, run = _run(tracking_uri, run_id)
-    steps = {m.step for m in client.get_metric_history(run_id, "eval/val_top1")}
-    assert steps == {1, 2, 3, 4}
+    _assert_one_value_per_epoch(client, run, epochs=4)
     # The optimizer state came back too: 4 epochs of 30 steps in total, nothing lost.
     import keras
 
@@ -385,10 +436,11 @@ def test_default_run_learns_real_mnist(tmp_path, offline_data_dir, tracking_uri)
     process = _cli(["--data-dir", offline_data_dir, "--run-dir", str(run_dir), "--verbose", "2"])
     output = process.communicate(timeout=600)[0]
     assert process.returncode == 0, output[-3000:]
-    summary = json.loads((run_dir / FINISHED_FILE).read_text())
-    assert summary["eval/test_top1"] > 0.9
-    assert summary["entropy/test_min"] >= 0.6 - 1e-4  # the tight floor, at inference
-    assert summary["eval/test_ece_calibrated"] < summary["eval/test_ece"]
+    metrics = json.loads((run_dir / FINISHED_FILE).read_text())["metrics"]
+    assert metrics["eval/test_top1"] > 0.9
+    # The tight floor, at inference.
+    assert metrics["entropy/test_min"] >= ImageConfig().target_entropy - 1e-4
+    assert metrics["eval/test_ece_calibrated"] < metrics["eval/test_ece"]
     assert "shuffle=True" not in output  # Keras' warning about an ignored flag is gone
 
 
@@ -407,9 +459,10 @@ def test_mirrored_strategy_and_mixed_precision_train(
     model = keras.saving.load_model(pathlib.Path(summary["run_dir"]) / training.MODEL_FILE)
     assert model.get_layer("resnet8").get_layer("stem_conv").compute_dtype == precision
     assert model.get_layer("logits").compute_dtype == "float32"
-    assert np.isfinite(summary["eval/test_nll"])
+    metrics = summary["metrics"]
+    assert np.isfinite(metrics["eval/test_nll"])
     client, run = _run(tracking_uri, summary["run_id"])
     gpus = tf.config.list_logical_devices("GPU")
     assert run.data.params["train.replicas"] == str(max(1, len(gpus)))
     # The floor holds under mixed precision (the ERA layer computes in float32).
-    assert summary["entropy/test_min"] >= 0.6 - 1e-4
+    assert metrics["entropy/test_min"] >= config.target_entropy - 1e-4

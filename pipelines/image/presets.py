@@ -1,4 +1,4 @@
-"""Named starting points (`--recipe NAME`) that follow the authors' ResNet commands.
+"""Named starting points (`--preset NAME`) that follow the authors' ResNet commands.
 
 The authors' image code (nothingbutbut/era, `resnet-era/`, built on timm) ships one
 command, for CIFAR-10:
@@ -10,21 +10,23 @@ command, for CIFAR-10:
 with the script's defaults for what it does not set: SGD with momentum 0.9, weight decay
 2e-5, 5 warm-up epochs, label smoothing 0.1 (kept on beside ERA), ERA's H_min 0.6, and
 timm's ResNet-50 at its 224-pixel input size. There is no ImageNet command; the ImageNet
-recipe is that script's defaults at ImageNet scale (lr 0.1 per 256 images, 300 epochs,
+preset is that script's defaults at ImageNet scale (lr 0.1 per 256 images, 300 epochs,
 batch 256 in their 4 x 64 layout), the same head and H0.
 
 What this pipeline does not have of that command, and leaves out: AugMix splits with the
 Jensen-Shannon loss and split batch norm, random erasing (p 0.6), random-resized crops
-(the recipes use resize + pad-and-crop + flip, then RandAugment), and timm's warm-up from
-1e-5 (ours warms up from 0). Every field stays overridable by a flag.
+(the presets use resize + pad-and-crop + flip, then RandAugment), and timm's warm-up from
+1e-5 (ours warms up from 0). Every field stays overridable by `--config-json` and flags.
 """
 
-from pipelines.common.errors import UserError
+from pipelines.image.heads import HeadConfig
 
-# The authors' head: ERA on the logits with H0 = 0.6 nats, label smoothing 0.1 kept on.
-_ERA_HEAD = dict(head="era_label_smoothing", label_smoothing=0.1, target_entropy=0.6)
+# The authors' head: ERA on the logits with their H0 and label smoothing 0.1 kept on (both
+# are the head's defaults, `heads.HeadConfig`).
+_ERA_HEAD = dict(head="era_label_smoothing", label_smoothing=HeadConfig.label_smoothing,
+                 target_entropy=HeadConfig.target_entropy)
 
-RECIPES = {
+PRESETS = {
     "cifar10-resnet50": dict(
         dataset="cifar10",
         train_split="train",
@@ -82,12 +84,3 @@ REPORTED = {
     ),
 }
 
-
-def recipe(name):
-    """The ImageConfig fields of recipe `name`; a UserError listing the recipes otherwise."""
-    if name not in RECIPES:
-        raise UserError(
-            f"unknown recipe {name!r}; the recipes are: {', '.join(sorted(RECIPES))} "
-            "(see `python -m pipelines.image --recipe NAME --print-config`)"
-        )
-    return dict(RECIPES[name])
