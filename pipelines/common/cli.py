@@ -16,14 +16,19 @@ import typing
 from pipelines.common.config import field_help
 
 
-def add_config_flags(parser, config_class, help_texts=None, choices=None, default_label="default"):
+def add_config_flags(parser, config_class, help_texts=None, choices=None, default_label="default",
+                     defaults=None):
     """Add a flag per field of `config_class`, typed from its annotations.
 
     bool -> --flag / --no-flag; tuple -> one or more values of the default's element type;
-    `X | None` -> X, or the word "none" for None.
+    `X | None` -> X, or the word "none" for None; int -> a whole number, also written as an
+    integral float ("1e3", "3000.0", as MLflow's float parameters pass them).
+    `defaults` ({field: value}, e.g. a preset's) are the values `--help` shows where the
+    command starts from something other than the dataclass defaults.
     """
     help_texts = help_texts or {}
     choices = choices or {}
+    defaults = defaults or {}
     # Help from the field itself; `help_texts` only for fields that have none.
     hints = typing.get_type_hints(config_class)
     for field in dataclasses.fields(config_class):
@@ -31,9 +36,10 @@ def add_config_flags(parser, config_class, help_texts=None, choices=None, defaul
         optional = type(None) in typing.get_args(kind)
         if optional:
             kind = next(t for t in typing.get_args(kind) if t is not type(None))
-        default = (
-            field.default_factory() if field.default is dataclasses.MISSING else field.default
-        )
+        default = defaults.get(field.name, field.default_factory()
+                               if field.default is dataclasses.MISSING else field.default)
+        if kind is int:
+            kind = whole_number
         described = field_help(field) or help_texts.get(field.name, "")
         text = f"{described} ({default_label}: {default})".strip()
         options = dict(dest=field.name, default=argparse.SUPPRESS, help=text.replace("%", "%%"))
@@ -42,6 +48,7 @@ def add_config_flags(parser, config_class, help_texts=None, choices=None, defaul
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
         elif kind is tuple or typing.get_origin(kind) is tuple:
             element = type(default[0]) if default else str
+            element = whole_number if element is int else element
             parser.add_argument(flag, type=element, nargs="+", metavar="N", **options)
         else:
             parser.add_argument(
@@ -88,6 +95,24 @@ def given_config_flags(args, config_class):
         for field in dataclasses.fields(config_class)
         if hasattr(args, field.name)
     }
+
+
+def whole_number(text):
+    """An int flag's value: "3000", or an integral float such as "1e3" or "3000.0"."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not value.is_integer():
+        raise ValueError(text)
+    return int(value)
+
+
+whole_number.__name__ = "int"  # argparse names the type in its error messages: "invalid int"
 
 
 def _none_or(kind):
