@@ -13,7 +13,7 @@ from pipelines.common.cli import (
     print_config,
 )
 from pipelines.common.config import layered_values
-from pipelines.common.errors import UserError, run_cli
+from pipelines.common.errors import ConfigError, UserError, run_cli
 from pipelines.sac.config import (
     ACTIVATIONS,
     AGENTS,
@@ -69,9 +69,32 @@ def build_parser(preset=DEFAULT_PRESET):
 
 
 def config_from_args(args):
-    """The SacConfig a parsed command line asks for: preset, then JSON, then flags."""
-    return SacConfig(**layered_values(SacConfig, PRESETS, args.preset, args.config_json,
-                                      given_config_flags(args, SacConfig)))
+    """The SacConfig a parsed command line asks for: preset, then JSON, then flags.
+
+    Invalid settings are one ConfigError that also says whether the env exists, so a
+    command line with a typo in both is fixed in one go.
+    """
+    values = layered_values(SacConfig, PRESETS, args.preset, args.config_json,
+                            given_config_flags(args, SacConfig))
+    try:
+        return SacConfig(**values)
+    except ConfigError as error:
+        unknown_env = _env_problem(values.get("env", SacConfig.env))
+        if unknown_env is None:
+            raise
+        raise ConfigError("SAC settings", [*error.problems, unknown_env]) from None
+
+
+def _env_problem(env_id):
+    """Why `env_id` cannot be loaded, or None (the env is loaded once and closed)."""
+    _check_environment()
+    from pipelines.sac import envs
+
+    try:
+        envs.load_environment(env_id).close()
+    except envs.EnvError as error:
+        return str(error)
+    return None
 
 
 def main(argv=None):

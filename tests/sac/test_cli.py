@@ -95,6 +95,10 @@ def test_every_bad_setting_is_reported_in_one_line(tmp_path, capsys):
                     "mean_bound applies to squash='tanh' only", "hidden_sizes must be"):
         assert problem in error, problem
     assert not (tmp_path / "r").exists()
+    # A bad setting and an unknown env: both, in the one line.
+    assert run_cli(cli.main, ["--batch-size", "0", "--env", "Cheetah-v9"]) == 2
+    error = one_error_line(capsys)
+    assert "batch_size must be >= 1" in error and "Unknown environment id 'Cheetah-v9'" in error
     assert run_cli(cli.main, ["--agent", "ppo"]) == 2
     assert "invalid choice: 'ppo'" in one_error_line(capsys)
     assert run_cli(cli.main, ["--preset", "fast"]) == 2
