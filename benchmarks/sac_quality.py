@@ -109,7 +109,7 @@ def run_one(task, arm, seed, workdir):
     curves = {name: list(zip(*series)) for name, series in history.items() if series[0]}
     return {
         "task": task, "arm": arm, "seed": seed, "steps": STEPS,
-        "final_return": result["eval/return"],
+        "final_return": result["metrics"]["eval/return"],
         "seconds": time.perf_counter() - started,
         "commit": COMMIT,
         "command": shlex.join(command[1:]),

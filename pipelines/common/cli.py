@@ -16,15 +16,19 @@ import typing
 from pipelines.common.config import field_help
 
 
-def add_config_flags(parser, config_class, help_texts=None, choices=None, default_label="default"):
+def add_config_flags(parser, config_class, help_texts=None, choices=None, default_label="default",
+                     defaults=None):
     """Add a flag per field of `config_class`, typed from its annotations.
 
     bool -> --flag / --no-flag; tuple -> one or more values of the default's element type;
-    `X | None` -> X, or the word "none" for None. An int also accepts a float that is a
-    whole number ("1e3", "3000.0"), as `mlflow run` passes its float-typed parameters.
+    `X | None` -> X, or the word "none" for None; int -> a whole number, also written as an
+    integral float ("1e3", "3000.0", as MLflow's float parameters pass them).
+    `defaults` ({field: value}, e.g. a preset's) are the values `--help` shows where the
+    command starts from something other than the dataclass defaults.
     """
     help_texts = help_texts or {}
     choices = choices or {}
+    defaults = defaults or {}
     # Help from the field itself; `help_texts` only for fields that have none.
     hints = typing.get_type_hints(config_class)
     for field in dataclasses.fields(config_class):
@@ -32,9 +36,8 @@ def add_config_flags(parser, config_class, help_texts=None, choices=None, defaul
         optional = type(None) in typing.get_args(kind)
         if optional:
             kind = next(t for t in typing.get_args(kind) if t is not type(None))
-        default = (
-            field.default_factory() if field.default is dataclasses.MISSING else field.default
-        )
+        default = defaults.get(field.name, field.default_factory()
+                               if field.default is dataclasses.MISSING else field.default)
         described = field_help(field) or help_texts.get(field.name, "")
         text = f"{described} ({default_label}: {default})".strip()
         options = dict(dest=field.name, default=argparse.SUPPRESS, help=text.replace("%", "%%"))

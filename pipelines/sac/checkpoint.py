@@ -1,92 +1,76 @@
-"""SAC checkpoints: one tf.train.Checkpoint of everything a killed run needs, kept two deep.
+"""What a SAC checkpoint holds: one tf.train.Checkpoint of everything a killed run needs.
 
-The checkpoint holds the agent (networks, target networks, optimizers, alpha or delta),
-the replay buffer, the env-step counter and the running episode metrics, as
-`<run_dir>/checkpoints/ckpt-<env step>.{index,data-*}`. The newest two are kept: when the
-newest cannot be read (a truncated data file, a damaged index), `restore` warns, naming
-it, and falls back to the one before; the run then redoes the steps in between. When none
-can be read it raises `CorruptCheckpointError` naming the file and what to do.
+    agent          networks, target networks, optimizers, alpha (SAC) or log delta (ERA)
+    replay_buffer  every stored transition and the write position
+    env_step       the env-step counter the run resumes from
+    train_metrics  the running episode metrics (returns, lengths of the last episodes)
+
+It is written with `tf.train.Checkpoint.write` into `<run_dir>/checkpoints/step-<env step>/`
+(files `ckpt.index`, `ckpt.data-*`), one directory per checkpoint, kept and read back by
+`pipelines.common.checkpoints.CheckpointRotation`: written whole or not at all, the newest
+two kept, a damaged newest one skipped with the one fall-back warning. No TensorFlow
+`checkpoint` state file is involved, so nothing in a run dir names its own path and a moved
+run dir resumes.
+
+Checkpoints of the layout before this one (`checkpoints/ckpt-<N>.index`, written by
+TensorFlow's CheckpointManager) are not read: such a run dir is refused with one line
+rather than silently started over.
 """
 
 import pathlib
-import re
-import warnings
 
 import tensorflow as tf
 
-from pipelines.common.errors import CorruptCheckpointError
+from pipelines.common.checkpoints import CheckpointRotation
+from pipelines.common.errors import CorruptCheckpointError, UserError
 
 DIRECTORY = "checkpoints"
-KEEP = 2
-_INDEX = re.compile(r"ckpt-(\d+)\.index")
+PREFIX = "step"
+FILE = "ckpt"
 
 
-def saved_checkpoints(directory):
-    """Checkpoint prefixes (`.../ckpt-N`) found on disk, newest first.
+class SacCheckpoint:
+    """The checkpoints of one SAC run dir (see the module docstring)."""
 
-    Read from the files themselves, not from TensorFlow's `checkpoint` state file, so a
-    damaged state file hides nothing.
-    """
-    directory = pathlib.Path(directory)
-    if not directory.is_dir():
-        return []
-    found = [(int(m.group(1)), directory / f"ckpt-{m.group(1)}")
-             for m in map(_INDEX.fullmatch, (p.name for p in directory.iterdir())) if m]
-    return [str(prefix) for _, prefix in sorted(found, reverse=True)]
+    def __init__(self, run_dir, agent, replay_buffer, env_step, train_metrics):
+        self.env_step = env_step
+        self.checkpoint = tf.train.Checkpoint(
+            agent=agent, replay_buffer=replay_buffer, env_step=env_step,
+            train_metrics=train_metrics)
+        self.rotation = CheckpointRotation(pathlib.Path(run_dir) / DIRECTORY, prefix=PREFIX)
 
+    def save(self):
+        """Checkpoint the current env step; returns its directory."""
+        return self.rotation.save(int(self.env_step.numpy()), self._write)
 
-def _repair_state_file(directory, found):
-    """Rewrite TensorFlow's `checkpoint` state file when it cannot be parsed."""
-    state_file = pathlib.Path(directory) / "checkpoint"
-    if not state_file.exists():
-        return
-    try:
-        tf.train.get_checkpoint_state(str(directory))
-        return
-    except ValueError:
-        pass
-    warnings.warn(f"{state_file} cannot be read; rebuilt it from the checkpoint files there.",
-                  stacklevel=3)
-    state_file.unlink()
-    if found:
-        tf.compat.v1.train.update_checkpoint_state(
-            str(directory), found[0], all_model_checkpoint_paths=list(reversed(found))
-        )
+    def restore(self):
+        """Restore the newest readable checkpoint; returns its env step, or None if none."""
+        self._refuse_old_layout()
+        restored = self.rotation.restore(self._read, what="SAC checkpoint")
+        return None if restored is None else restored.step
 
+    def _write(self, directory):
+        self.checkpoint.write(str(directory / FILE))
 
-def manager(checkpoint, run_dir):
-    """A CheckpointManager that keeps the newest KEEP checkpoints of `run_dir`."""
-    directory = pathlib.Path(run_dir) / DIRECTORY
-    _repair_state_file(directory, saved_checkpoints(directory))
-    return tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=KEEP)
-
-
-def _files(prefix):
-    return ", ".join(sorted(str(p) for p in pathlib.Path(prefix).parent.glob(
-        pathlib.Path(prefix).name + ".*")))
-
-
-def restore(checkpoint, run_dir):
-    """Restore the newest readable checkpoint; returns its env step, or None if there is none."""
-    directory = pathlib.Path(run_dir) / DIRECTORY
-    failures = []
-    for prefix in saved_checkpoints(directory):
+    def _read(self, directory):
+        prefix = directory / FILE
         try:
-            checkpoint.restore(prefix).assert_existing_objects_matched().expect_partial()
+            self.checkpoint.read(str(prefix)).assert_existing_objects_matched().expect_partial()
         # A damaged file surfaces as whatever the reader trips on (OpError, IndexError for a
         # truncated data file, ValueError, ...); the checkpoint was written by this same
-        # program, so any failure to read it back means the files are damaged.
+        # program, so any failure to read it back means its files are damaged.
         except Exception as error:  # noqa: BLE001
-            reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-            failures.append(f"checkpoint {prefix} ({_files(prefix)}) cannot be read "
-                            f"({type(error).__name__}: {reason})")
-            warnings.warn(f"SAC {failures[-1]}; falling back to the checkpoint before it.",
-                          RuntimeWarning, stacklevel=2)
-            continue
-        return int(prefix.rsplit("-", 1)[1])
-    if failures:
-        raise CorruptCheckpointError(
-            f"no usable SAC checkpoint in {directory}: {failures[0]}; delete {directory} "
-            "to start the run over, or give another --run-dir"
-        )
-    return None
+            lines = str(error).strip().splitlines()
+            reason = f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
+            files = ", ".join(sorted(path.name for path in directory.iterdir()))
+            raise CorruptCheckpointError(
+                f"SAC checkpoint {directory} ({files}) cannot be read ({reason})") from None
+
+    def _refuse_old_layout(self):
+        old = sorted(self.rotation.root.glob("ckpt-*.index"))
+        if old:
+            raise UserError(
+                f"{self.rotation.root} holds checkpoints of an older layout ({old[-1].name}, "
+                "written by TensorFlow's CheckpointManager), which this version does not "
+                "read; finish that run with the version that started it, or give another "
+                "--run-dir")

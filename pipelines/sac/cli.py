@@ -1,18 +1,26 @@
-"""Command line: a preset, then any SacConfig field as `--field-name value`."""
+"""Command line: a preset (`quick` unless `--preset paper`), a JSON config, then any
+SacConfig field as `--field-name value`; `--help` shows the values of the preset given.
+"""
 
 import argparse
 import os
 import sys
 
-from pipelines.common.cli import add_config_flags, given_config_flags
-from pipelines.common.errors import run_cli
+from pipelines.common.cli import (
+    add_config_flags,
+    add_run_flags,
+    given_config_flags,
+    print_config,
+)
+from pipelines.common.config import layered_values
+from pipelines.common.errors import ConfigError, UserError, run_cli
 from pipelines.sac.config import (
     ACTIVATIONS,
     AGENTS,
+    DEFAULT_PRESET,
     PRESETS,
     SQUASHES,
     SacConfig,
-    from_preset,
 )
 
 
@@ -24,61 +32,87 @@ def _check_environment():
         )
 
 
-HELP = {
-    "squash": "ERA: 'truncated' normal on (-1, 1) around tanh(mu) (the authors'), or 'tanh'",
-    "target_entropy_per_dim": "ERA's floor H0 / D on the Gaussian before squashing, nats",
-    "executed_target_entropy_per_dim": "what delta steers the executed action's entropy to, "
-    "nats per dim (none: H0 / D); at most log 2 = 0.693 on (-1, 1)",
-    "mean_bound": "tanh only: mu = m tanh(mu_raw / m), so the executed entropy keeps a floor "
-    "(0: unbounded)",
-    "delta": "ERA's initial (or constant) entropy compensation, nats",
-    "auto_delta": "tune delta on the executed entropy",
-    "delta_lr": "Adam's learning rate on log(delta)",
-    "sac_target_entropy_per_dim": "standard SAC: alpha's target entropy per dim",
-    "initial_log_alpha": "standard SAC: log(alpha_0)",
-    "env": "gymnasium id, DMC '<domain>-<task>', or '<module>:<id>'",
-    "run_dir": "claimed once the settings are valid; running again resumes it",
-    "num_envs": "environments stepped together; updates_per_step updates per env step",
-    "activation": "hidden layers of actor and critic ('relu': as Stable-Baselines3)",
-    "critic_layer_norm": "LayerNorm after each critic hidden layer (the authors')",
-}
+class _Parser(argparse.ArgumentParser):
+    """A bad flag is a UserError too, so `run_cli` reports it in one line with exit 2."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
+def _preset_given(argv):
+    """The `--preset` of a command line, read before the parser that depends on it."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--preset", default=DEFAULT_PRESET)
+    preset = early.parse_known_args(argv)[0].preset
+    return preset if preset in PRESETS else DEFAULT_PRESET
+
+
+def build_parser(preset=DEFAULT_PRESET):
+    """The parser; its `--help` shows the values `preset` starts from."""
+    parser = _Parser(
         prog="python -m pipelines.sac",
         description="SAC with Gaussian ERA (or standard SAC) on gymnasium MuJoCo / DeepMind "
-        "Control tasks, tracked in MLflow. Every option defaults to the preset's value.",
+        f"Control tasks, tracked in MLflow. Defaults shown: --preset {preset}.",
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                        help="quick: tiny nets, 3k steps on Pendulum-v1 (a minute or two on a "
-                        "CPU); paper: the authors' settings (arXiv 2510.08549). Default: quick")
+    add_run_flags(parser, PRESETS, preset_help=(
+        f"quick (default): tiny nets, {PRESETS['quick']['total_env_steps']} steps on "
+        f"{PRESETS['quick']['env']} (a minute or two on a CPU); paper: the authors' settings "
+        "(arXiv 2510.08549); `--preset paper --help` shows them"))
+    parser.set_defaults(preset=DEFAULT_PRESET)
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     parser.add_argument("--run-name", default=None, help="MLflow run name")
-    add_config_flags(parser, SacConfig, help_texts=HELP,
-                     choices={"agent": AGENTS, "squash": SQUASHES,
-                              "activation": ACTIVATIONS},
-                     default_label="paper default")
+    add_config_flags(parser, SacConfig,
+                     choices={"agent": AGENTS, "squash": SQUASHES, "activation": ACTIVATIONS},
+                     defaults=PRESETS[preset])
     return parser
+
+
+def config_from_args(args):
+    """The SacConfig a parsed command line asks for: preset, then JSON, then flags.
+
+    Invalid settings are one ConfigError that also says whether the env exists, so a
+    command line with a typo in both is fixed in one go.
+    """
+    values = layered_values(SacConfig, PRESETS, args.preset, args.config_json,
+                            given_config_flags(args, SacConfig))
+    try:
+        return SacConfig(**values)
+    except ConfigError as error:
+        unknown_env = _env_problem(values.get("env", SacConfig.env))
+        if unknown_env is None:
+            raise
+        raise ConfigError("SAC settings", [*error.problems, unknown_env]) from None
+
+
+def _env_problem(env_id):
+    """Why `env_id` cannot be loaded, or None (the env is loaded once and closed)."""
+    _check_environment()
+    from pipelines.sac import envs
+
+    try:
+        envs.load_environment(env_id).close()
+    except envs.EnvError as error:
+        return str(error)
+    return None
 
 
 def main(argv=None):
     """Train one run; user errors raise UserError (`run_cli` prints them in one line)."""
-    args = build_parser().parse_args(argv)
-    config = from_preset(args.preset, **given_config_flags(args, SacConfig))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_preset_given(argv)).parse_args(argv)
+    config = config_from_args(args)
+    if args.print_config:
+        print_config(config)
+        return 0
     _check_environment()
     from pipelines.sac.train import train
 
-    result = train(config, tracking_uri=args.tracking_uri, run_name=args.run_name)
-    import mlflow
-
-    # Under `mlflow run` the run is in the experiment mlflow run chose (Default unless
-    # --experiment-name), not necessarily in "sac".
-    experiment = mlflow.get_experiment(mlflow.get_run(result["run_id"]).info.experiment_id)
-    print(f"MLflow run {result['run_id']} (experiment {experiment.name}); eval return "
-          f"{result.get('eval/return', float('nan')):.1f} after {result['env_steps']} env steps")
-    print(f"policy exported to {result['export_dir']} (TF Serving: {result['models_config']})")
+    summary = train(config, tracking_uri=args.tracking_uri, run_name=args.run_name)
+    metrics = summary["metrics"]
+    print(f"eval return {metrics.get('eval/return', float('nan')):.1f} after "
+          f"{summary['step']} env steps; MLflow experiment {summary['experiment']!r}; "
+          f"TF Serving config {summary['models_config']}")
     return 0
 
 

@@ -1,15 +1,14 @@
-"""The SAC training loop: collect from `num_envs` environments, train from transition
-replay, evaluate the deterministic policy, checkpoint everything, track in MLflow, export.
+"""The SAC algorithm on the shared run lifecycle (`pipelines.common.lifecycle`).
 
 One iteration = one step of every environment (random actions for the first
 `warmup_steps` env steps), then `updates_per_step` gradient steps per env step.
 `loop.CollectAndUpdate` runs whole chunks of iterations in one compiled call; Python
-takes over only at the log / eval / checkpoint boundaries. The run directory follows the contract of
-`pipelines.common.run_dir`: it is claimed only once the settings are known to be valid
-(the environment exists, the entropy targets are reachable with its action dimension).
-Everything a killed run needs is in `checkpoint.py`'s checkpoints (two kept); starting
-again with the same `run_dir` restores the newest readable one and continues the same
-MLflow run.
+takes over only at the log / eval / checkpoint boundaries, which `IntervalTrigger`s fire.
+`RunLifecycle` does the rest: the run dir is locked and claimed only once the settings are
+known to be valid (the environment exists, the entropy targets are reachable with its
+action dimension) and the tracking store answers; a run started again on the same run dir
+restores the newest readable checkpoint (`checkpoint.SacCheckpoint`), continues the same
+MLflow run and logs each metric once per env step, however often it was killed.
 """
 
 import pathlib
@@ -25,10 +24,11 @@ from tf_agents.policies import greedy_policy
 
 from pipelines.common import tracking
 from pipelines.common.config import Problems
+from pipelines.common.lifecycle import IntervalTrigger, RunLifecycle
 from pipelines.common.metrics import grouped, metric_history
-from pipelines.common.run_dir import RunDir
-from pipelines.sac import checkpoint, entropy, envs, loop, networks, replay
+from pipelines.sac import entropy, envs, loop, networks, replay
 from pipelines.sac.agent import ERASacAgent, make_agent
+from pipelines.sac.checkpoint import SacCheckpoint
 from pipelines.sac.export import export_policy
 
 # Autograph compiles TF-Agents' `state is not ()` checks into code that Python flags with a
@@ -94,30 +94,21 @@ class SacRun:
             # The best of the last 10 episodes: shows the first success on sparse tasks.
             tf_metrics.MaxReturnMetric(batch_size=config.num_envs, buffer_size=10),
         ]
-        self.checkpoint = tf.train.Checkpoint(
-            agent=self.agent,
-            replay_buffer=self.replay,
-            env_step=self.env_step,
-            train_metrics=self.train_metrics,
-        )
+        self.checkpoint = SacCheckpoint(config.run_dir, self.agent, self.replay,
+                                        self.env_step, self.train_metrics)
         self.loop = loop.CollectAndUpdate(
             self.env, self.agent, self.replay, self.train_metrics, self.env_step,
             batch_size=config.batch_size, updates_per_step=config.updates_per_step,
         )
-        self.checkpoints = None
         self.eval_metrics = None
 
     def restore(self):
-        """Restore the newest readable checkpoint of the run dir; returns its env step or None.
-
-        Call it once the run dir is claimed. Saves keep the newest two checkpoints.
-        """
-        step = checkpoint.restore(self.checkpoint, self.config.run_dir)
-        self.checkpoints = checkpoint.manager(self.checkpoint, self.config.run_dir)
-        return step
+        """Restore the newest readable checkpoint of the run dir; returns its env step or None."""
+        return self.checkpoint.restore()
 
     def save(self):
-        self.checkpoints.save(checkpoint_number=int(self.env_step.numpy()))
+        """Checkpoint the current env step (the newest two are kept)."""
+        return self.checkpoint.save()
 
     def policy_statistics(self, batch):
         """Entropies of the current policy on a replay batch (same rule for both agents)."""
@@ -203,95 +194,114 @@ def log_learning_curves(run_id):
     return curves
 
 
-def reached(previous, step, every, config):
-    """Whether going from env step `previous` to `step` passed a multiple of `every`
-    (or reached the end of the run)."""
-    return step // every > previous // every or step >= config.total_env_steps
+class Throughput:
+    """Env and gradient steps per second of training time since the last log."""
+
+    def __init__(self, run):
+        self.run = run
+        self.restart()
+
+    def counters(self):
+        return (int(self.run.env_step.numpy()), int(self.run.agent.train_step_counter.numpy()))
+
+    def restart(self):
+        """Start a new interval here (after a log, or after an evaluation: not training)."""
+        self.time = time.perf_counter()
+        self.env, self.train = self.counters()
+
+    def metrics(self):
+        seconds = time.perf_counter() - self.time
+        env, train = self.counters()
+        return grouped("perf", {"env_steps_per_s": (env - self.env) / seconds,
+                                "grad_steps_per_s": (train - self.train) / seconds})
+
+
+def train_metrics(run, step, loss_info, watch):
+    """The metrics logged every `log_every` env steps: returns, entropies, losses."""
+    metrics = grouped("train", {
+        "return": run.train_metrics[0].result(),
+        "episode_length": run.train_metrics[1].result(),
+        # None (not logged) before the first episode ends: max of nothing.
+        "max_return": finite_or_none(run.train_metrics[2].result()),
+        "replay_size": run.replay.size(),
+    })
+    if int(run.replay.size()) >= run.config.batch_size:
+        metrics.update(run.policy_statistics(run.replay.sample(run.config.batch_size)))
+    if step > run.config.warmup_steps and "entropy/executed" in metrics:
+        # Counts only once updates start: the warm-up's random actions are not the policy's.
+        shortfall = watch.observe(step, metrics["entropy/executed"],
+                                  metrics["entropy/executed_target"])
+        if shortfall:
+            import mlflow
+
+            mlflow.set_tag("warning.entropy_shortfall", shortfall)
+    if loss_info is not None:
+        metrics.update(loss_metrics(loss_info))
+    return metrics
 
 
 def train(config, tracking_uri=None, run_name=None):
-    """Train (or resume) one run; returns a dict of final metrics and paths.
+    """Train (or resume) one run; returns the lifecycle's summary (`RunLifecycle.finish`).
 
-    The run dir is claimed only after the environment is loaded and the entropy targets
-    are checked against its action dimension, so a typo never blocks a run dir.
+    `step` is the env step reached; `exports` holds `policy`, the version directory in TF
+    Serving's layout; besides the final `metrics`, the summary has `train_steps`,
+    `saved_model` (the policy under the run dir), `models_config` and `experiment` (the
+    MLflow experiment the run is in: `sac`, or the one `mlflow run` chose).
     """
     import mlflow
 
     run = SacRun(config)  # loads the env and checks what needs its action dimension
-    run_dir = RunDir(config.run_dir)
-    run_dir.claim(config, may_change=RESUMABLE_CHANGES)
-    resumed_from = run.restore()
-    if resumed_from is not None:
-        run_dir.announce_resume(f"env step {resumed_from}")
-    # Counts only once updates start: the warm-up's random actions are not the policy's.
-    watch = entropy.ShortfallWatch(config.total_env_steps)
-    with tracking.tracked_run(EXPERIMENT, config, run_dir=run_dir.path,
-                              tracking_uri=tracking_uri,
-                              run_name=run_name or default_run_name(config)) as active:
-        mlflow.set_tag("resumed_from_env_step", int(run.env_step.numpy()))
-        progress = _progress(config, int(run.env_step.numpy()))
-        last = {"time": time.perf_counter(), "env": int(run.env_step.numpy()),
-                "train": int(run.agent.train_step_counter.numpy())}
-        metrics, loss_info = {}, None
-        while int(run.env_step.numpy()) < config.total_env_steps:
-            previous = int(run.env_step.numpy())
-            env_steps, warming_up = loop.next_chunk(previous, config)
-            if warming_up:
-                run.loop.collect_random(env_steps)
-            else:
-                loss_info = run.loop.run(env_steps)
-            step = int(run.env_step.numpy())
-            progress.update(step - previous)
+    life = RunLifecycle(config, EXPERIMENT, run_name or default_run_name(config),
+                        tracking_uri=tracking_uri, may_change=RESUMABLE_CHANGES)
+    try:
+        life.start()  # the store answers; the run dir is locked and claimed
+        resumed_from = run.restore()
+        if resumed_from is not None:
+            life.announce_resume(f"env step {resumed_from}")
+        last = config.total_env_steps
+        log, evaluate, save = (IntervalTrigger(every, last) for every in (
+            config.log_every, config.eval_every, config.checkpoint_every))
+        watch = entropy.ShortfallWatch(config.total_env_steps)
+        with life.tracking() as active:
+            mlflow.set_tag("resumed_from_env_step", int(run.env_step.numpy()))
+            progress = _progress(config, int(run.env_step.numpy()))
+            throughput = Throughput(run)
+            metrics, loss_info = {}, None
+            while int(run.env_step.numpy()) < config.total_env_steps:
+                previous = int(run.env_step.numpy())
+                env_steps, warming_up = loop.next_chunk(previous, config)
+                if warming_up:
+                    run.loop.collect_random(env_steps)
+                else:
+                    loss_info = run.loop.run(env_steps)
+                step = int(run.env_step.numpy())
+                progress.update(step - previous)
+                if log(previous, step):
+                    metrics = {**train_metrics(run, step, loss_info, watch),
+                               **throughput.metrics()}
+                    life.log_metrics(metrics, step)
+                    progress.set_postfix({
+                        "return": f"{metrics['train/return']:.1f}",
+                        "entropy": f"{metrics.get('entropy/executed', np.nan):.2f}"})
+                    throughput.restart()
+                if evaluate(previous, step):
+                    evaluation = run.evaluate()
+                    life.log_metrics(evaluation, step)
+                    metrics.update(evaluation)
+                    throughput.restart()  # evaluation is not training time
+                if save(previous, step):
+                    run.save()
+            progress.close()
 
-            if reached(previous, step, config.log_every, config):
-                now = time.perf_counter()
-                train_steps = int(run.agent.train_step_counter.numpy())
-                metrics = {
-                    **grouped("train", {
-                        "return": run.train_metrics[0].result(),
-                        "episode_length": run.train_metrics[1].result(),
-                        # None (not logged) before the first episode ends: max of nothing.
-                        "max_return": finite_or_none(run.train_metrics[2].result()),
-                        "replay_size": run.replay.size(),
-                    }),
-                    **grouped("perf", {
-                        "env_steps_per_s": (step - last["env"]) / (now - last["time"]),
-                        "grad_steps_per_s": (train_steps - last["train"]) / (now - last["time"]),
-                    }),
-                }
-                if int(run.replay.size()) >= config.batch_size:
-                    metrics.update(run.policy_statistics(run.replay.sample(config.batch_size)))
-                if step > config.warmup_steps and "entropy/executed" in metrics:
-                    shortfall = watch.observe(step, metrics["entropy/executed"],
-                                              metrics["entropy/executed_target"])
-                    if shortfall:
-                        mlflow.set_tag("warning.entropy_shortfall", shortfall)
-                if loss_info is not None:
-                    metrics.update(loss_metrics(loss_info))
-                mlflow.log_metrics(metrics, step=step)
-                progress.set_postfix({"return": f"{metrics['train/return']:.1f}",
-                                      "entropy": f"{metrics.get('entropy/executed', np.nan):.2f}"})
-                last = {"time": time.perf_counter(), "env": step, "train": train_steps}
-            if reached(previous, step, config.eval_every, config):
-                evaluation = run.evaluate()
-                mlflow.log_metrics(evaluation, step=step)
-                metrics.update(evaluation)
-                last["time"] = time.perf_counter()  # evaluation is not training time
-            if reached(previous, step, config.checkpoint_every, config):
-                run.save()
-        progress.close()
-
-        export_base = pathlib.Path(config.export_base or run_dir / "export")
-        saved_model_dir, export_dir = run.export(export_base, config.model_name)
-        mlflow.log_artifacts(str(saved_model_dir), artifact_path="policy")
-        log_learning_curves(active.info.run_id)
-        result = {
-            "run_id": active.info.run_id,
-            "env_steps": int(run.env_step.numpy()),
-            "train_steps": int(run.agent.train_step_counter.numpy()),
-            "export_dir": str(export_dir),
-            "models_config": str(pathlib.Path(export_base).resolve() / "models.config"),
-            **metrics,
-        }
-        run_dir.finish(result)
-        return result
+            export_base = pathlib.Path(config.export_base or life.run_dir / "export")
+            saved_model_dir, export_dir = run.export(export_base, config.model_name)
+            mlflow.log_artifacts(str(saved_model_dir), artifact_path="policy")
+            log_learning_curves(active.info.run_id)
+            experiment = mlflow.get_experiment(active.info.experiment_id).name
+        return life.finish(
+            int(run.env_step.numpy()), exports={"policy": export_dir}, metrics=metrics,
+            train_steps=int(run.agent.train_step_counter.numpy()),
+            saved_model=str(saved_model_dir), experiment=experiment,
+            models_config=str(export_base.resolve() / "models.config"))
+    finally:
+        life.close()

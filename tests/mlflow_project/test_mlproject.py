@@ -148,3 +148,46 @@ def test_mlflow_run_image_then_export_end_to_end(tmp_path, tracking_uri):
         experiment_ids=[experiment.experiment_id], output_format="list")
     servables = [m.source_run_id for m in logged if m.name == "servable"]
     assert servables == [run.info.run_id]  # `mlflow models serve` can serve it now
+
+
+def _sac_command_words(**parameters):
+    point = load_project(str(PROJECT)).get_entry_point("sac")
+    values = {name: param.default for name, param in point.parameters.items()}
+    values.update(parameters)
+    command = point.compute_command(values, storage_dir=None)
+    return shlex.split(command.split("python -m pipelines.sac ", 1)[1])
+
+
+def test_sac_takes_an_integral_float_parameter_and_refuses_others(capsys):
+    from pipelines.common.errors import run_cli
+    from pipelines.sac import cli
+
+    words = _sac_command_words(total_env_steps="1e3")
+    config = cli.config_from_args(cli.build_parser().parse_args(words))
+    assert config.total_env_steps == 1000 and config.env == "Pendulum-v1"
+    assert run_cli(cli.main, [*_sac_command_words(total_env_steps="2.5"), "--print-config"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--total-env-steps: invalid int value: '2.5'" in error
+
+
+@pytest.mark.slow
+def test_mlflow_run_sac_logs_into_the_experiment_it_names(tmp_path, tracking_uri):
+    """`mlflow run -e sac` (no --experiment-name: MLflow's Default): the pipeline's metrics
+    go into the run MLflow made, and the experiment the CLI names is that run's."""
+    env = dict(os.environ, PATH=f"{pathlib.Path(sys.executable).parent}{os.pathsep}"
+               f"{os.environ.get('PATH', '')}")
+    result = subprocess.run(
+        [str(pathlib.Path(sys.executable).parent / "mlflow"), "run", str(PROJECT),
+         "--env-manager", "local", "-e", "sac", "-P", "total_env_steps=2e2",
+         "-P", f"run_dir={tmp_path / 'run'}", "-P", "warmup-steps=100", "-P", "log-every=100",
+         "-P", "eval-every=200", "-P", "eval-episodes=1", "-P", "checkpoint-every=200",
+         "-P", "hidden-sizes=16", "-P", "batch-size=16"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    client = mlflow.MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
+    assert run.data.tags["mlflow.project.entryPoint"] == "sac"
+    assert "eval/return" in run.data.metrics and run.data.params["total_env_steps"] == "2e2"
+    assert "after 200 env steps; MLflow experiment 'Default'" in result.stdout
+    assert client.get_experiment_by_name("sac") is None  # nothing logged elsewhere

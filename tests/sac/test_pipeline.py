@@ -1,6 +1,7 @@
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -11,10 +12,11 @@ import mlflow
 import numpy as np
 import pytest
 
+from pipelines.common.checkpoints import CheckpointFallbackWarning, CheckpointRotation
 from pipelines.common.errors import CorruptCheckpointError, UserError, run_cli
 from pipelines.common.metrics import metric_history
 from pipelines.sac import cli
-from pipelines.sac.config import SacConfig, from_preset
+from pipelines.sac.config import SacConfig
 from pipelines.sac.train import SacRun, train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -56,7 +58,9 @@ def test_mujoco_end_to_end_tracks_exports_and_keeps_the_floor(tmp_path, tracking
     config = SacConfig(env="HalfCheetah-v5", total_env_steps=300, run_dir=str(tmp_path / "run"),
                        **TINY)
     result = train(config)
-    assert result["env_steps"] == 300 and result["train_steps"] == 2 * 200
+    assert result["step"] == 300 and result["train_steps"] == 2 * 200
+    assert result["experiment"] == "sac" and result["run_dir"] == config.run_dir
+    assert json.loads((tmp_path / "run" / "finished.json").read_text()) == result
 
     run = mlflow.get_run(result["run_id"])
     assert run.data.params["agent"] == "era" and run.data.params["env"] == "HalfCheetah-v5"
@@ -76,7 +80,7 @@ def test_mujoco_end_to_end_tracks_exports_and_keeps_the_floor(tmp_path, tracking
 
     artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(result["run_id"])}
     assert {"learning_curves.png", "policy", "config.json"} <= artifacts
-    export_dir = pathlib.Path(result["export_dir"])
+    export_dir = pathlib.Path(result["exports"]["policy"])
     assert export_dir.parent.name == "era_sac_policy" and export_dir.name == "1"
     assert (export_dir.parent.parent / "models.config").exists()
     bounds = json.loads((export_dir / "assets.extra" / "action_space.json").read_text())
@@ -115,9 +119,10 @@ def test_dm_control_end_to_end_with_tanh_and_a_mean_bound(tmp_path, tracking_uri
                        total_env_steps=300, action_repeat=2, run_dir=str(tmp_path / "run"),
                        **TINY)
     result = train(config)
-    assert result["env_steps"] == 300 and np.isfinite(result["eval/return"])
-    assert result["eval/episode_length"] == 500  # DMC's 1000 steps at action repeat 2
-    assert np.isfinite(result["entropy/executed"]) and result["entropy/delta"] >= 0.0
+    metrics = result["metrics"]
+    assert result["step"] == 300 and np.isfinite(metrics["eval/return"])
+    assert metrics["eval/episode_length"] == 500  # DMC's 1000 steps at action repeat 2
+    assert np.isfinite(metrics["entropy/executed"]) and metrics["entropy/delta"] >= 0.0
 
 
 def test_standard_sac_tunes_alpha_towards_its_target(tmp_path, tracking_uri):
@@ -128,7 +133,7 @@ def test_standard_sac_tunes_alpha_towards_its_target(tmp_path, tracking_uri):
     config = SacConfig(env="Pendulum-v1", agent="sac", total_env_steps=300,
                        run_dir=str(tmp_path / "run"), **TINY)
     result = train(config)
-    assert result["train_steps"] == 2 * 200 and "entropy/delta" not in result
+    assert result["train_steps"] == 2 * 200 and "entropy/delta" not in result["metrics"]
     alphas = history(result["run_id"], "entropy/alpha")
     executed = history(result["run_id"], "entropy/executed")
     assert set(history(result["run_id"], "entropy/executed_target").values()) == {-1.0}
@@ -186,93 +191,141 @@ def test_an_unreachable_entropy_target_is_refused_before_the_run_dir_is_claimed(
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_reports_every_bad_setting_in_one_line(tmp_path, capsys):
-    assert run_cli(cli.main, ["--batch-size", "0", "--tau", "2", "--squash", "truncated",
-                              "--mean-bound", "0.5", "--run-dir", str(tmp_path / "r")]) == 2
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and error.startswith("error: invalid SAC settings: ")
-    for problem in ("batch_size must be >= 1", "tau must be in (0.0, 1.0]",
-                    "mean_bound applies to squash='tanh' only"):
-        assert problem in error, problem
-    assert run_cli(cli.main, ["--preset", "paper", "--env", "Cheetah-v9",
-                              "--run-dir", str(tmp_path / "r"),
-                              "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
-    error = capsys.readouterr().err
-    assert "Unknown environment id 'Cheetah-v9'" in error and "humanoid-{run," in error
-    with pytest.raises(SystemExit):
-        cli.main(["--agent", "ppo"])
-    assert "invalid choice" in capsys.readouterr().err
-    with pytest.raises(UserError, match="unknown preset 'fast'"):
-        from_preset("fast")
-
-
 def test_a_damaged_checkpoint_falls_back_to_the_one_before(tmp_path, tracking_uri, capsys):
     run_dir = tmp_path / "run"
     config = dict(env="Pendulum-v1", run_dir=str(run_dir), **TINY)
     train(SacConfig(total_env_steps=300, **config))
     checkpoints = run_dir / "checkpoints"
-    assert sorted(p.name for p in checkpoints.glob("*.index")) == ["ckpt-150.index",
-                                                                   "ckpt-300.index"]
-    newest = next(checkpoints.glob("ckpt-300.data-*"))
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-0000150", "step-0000300"]
+    newest = next((checkpoints / "step-0000300").glob("ckpt.data-*"))
     newest.write_bytes(newest.read_bytes()[:100])  # truncated
-    (checkpoints / "checkpoint").write_text("")  # TF's state file, empty
-    with pytest.warns(RuntimeWarning, match=r"ckpt-300 .*cannot be read.*falling back"):
+    with pytest.warns(CheckpointFallbackWarning, match=r"step-0000300 .*cannot be read.*"
+                      r"falling back to the checkpoint before it"):
         result = train(SacConfig(total_env_steps=450, **config))
     assert "Resuming the run in" in capsys.readouterr().err
-    assert result["env_steps"] == 450
+    assert result["step"] == 450
     run = mlflow.get_run(result["run_id"])
     assert run.data.tags["resumed_from_env_step"] == "150"
 
-    for data in checkpoints.glob("ckpt-*.data-*"):
+    for data in checkpoints.glob("*/ckpt.data-*"):
         data.write_bytes(b"")
-    with pytest.raises(CorruptCheckpointError) as error, pytest.warns(RuntimeWarning):
+    with pytest.raises(CorruptCheckpointError) as error, pytest.warns(CheckpointFallbackWarning):
         train(SacConfig(total_env_steps=600, **config))
     message = str(error.value)
-    assert "no usable SAC checkpoint" in message and "ckpt-450" in message
+    assert "no readable SAC checkpoint" in message and "step-0000450" in message
     assert f"delete {checkpoints}" in message
+
+
+# Random actions only (the warm-up outlasts the run): the run dir's life without updates.
+WARMUP_ONLY = dict(hidden_sizes=(8,), batch_size=8, warmup_steps=1_000, log_every=25,
+                   eval_every=50, eval_episodes=1, checkpoint_every=50, time_limit=20)
+
+
+def test_a_moved_run_dir_resumes_from_its_new_place(tmp_path, tracking_uri, capsys):
+    first = train(SacConfig(env="Pendulum-v1", total_env_steps=50,
+                            run_dir=str(tmp_path / "here"), **WARMUP_ONLY))
+    os.rename(tmp_path / "here", tmp_path / "there")
+    moved = train(SacConfig(env="Pendulum-v1", total_env_steps=100,
+                            run_dir=str(tmp_path / "there"), **WARMUP_ONLY))
+    assert "Resuming the run in" in capsys.readouterr().err
+    assert moved["run_id"] == first["run_id"] and moved["step"] == 100
+    assert mlflow.get_run(moved["run_id"]).data.tags["resumed_from_env_step"] == "50"
+    assert moved["exports"]["policy"].startswith(str(tmp_path / "there"))
+    assert moved["metrics"]["train/replay_size"] == 100
+    assert sorted(history(moved["run_id"], "train/replay_size")) == [25, 50, 75, 100]
 
 
 def start_cli(args, tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-m", "pipelines.sac", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, process, what, timeout=600):
+    deadline = time.time() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before {what}: {process.stderr.read()[-3000:]}")
+        assert time.time() < deadline, f"not {what} within {timeout} s"
+        time.sleep(0.2)
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_from_its_checkpoint(tmp_path):
+def test_a_second_process_on_a_run_dir_is_refused_naming_the_first(tmp_path):
     run_dir = tmp_path / "run"
-    args = ["--env", "HalfCheetah-v5", "--hidden-sizes", "16", "16", "--batch-size", "32",
-            "--total-env-steps", "900", "--warmup-steps", "100", "--checkpoint-every", "200",
-            "--log-every", "100", "--eval-every", "300", "--eval-episodes", "1",
+    args = ["--env", "Pendulum-v1", "--run-dir", str(run_dir),
+            *[f"--{k.replace('_', '-')}={v}" for k, v in WARMUP_ONLY.items()
+              if k != "hidden_sizes"], "--hidden-sizes", "8",
+            "--total-env-steps", "1000000", "--buffer-size", "1000"]
+    first = start_cli(args, tmp_path)
+    try:
+        wait_for(lambda: (run_dir / "config.json").exists(), first, "it claimed the run dir")
+        second = start_cli(args, tmp_path)
+        _, error = second.communicate(timeout=600)
+        assert second.returncode == 2
+        # Lines TensorFlow's native code logs itself (absl's "E0000 00:00:..." format, such
+        # as a cuInit line on a machine without a GPU) are not the pipeline's.
+        lines = [line for line in error.splitlines() if not re.match(r"[IWE]\d{4} ", line)]
+        assert len(lines) == 1 and "Traceback" not in error, error
+        assert lines[0].startswith(f"error: {run_dir} is in use by another run "
+                                   f"(pid {first.pid})")
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.kill()
+        first.wait()
+
+
+@pytest.mark.slow
+def test_a_run_killed_and_resumed_logs_each_metric_once_per_step(tmp_path):
+    """kill -9 after the run logged steps its newest checkpoint does not hold: the resumed
+    run trains those steps again, and MLflow keeps one value per (metric, step)."""
+    run_dir = tmp_path / "run"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["--env", "Pendulum-v1", "--hidden-sizes", "16", "16", "--batch-size", "32",
+            "--total-env-steps", "1200", "--warmup-steps", "100", "--checkpoint-every", "400",
+            "--log-every", "100", "--eval-every", "600", "--eval-episodes", "1",
             "--run-dir", str(run_dir)]
+    rotation = CheckpointRotation(run_dir / "checkpoints", prefix="step")
+    client = mlflow.tracking.MlflowClient(uri)
+
+    def logged_steps():
+        id_file = run_dir / "mlflow_run_id.txt"
+        if not id_file.exists():
+            return []
+        return [m.step for m in client.get_metric_history(id_file.read_text().strip(),
+                                                          "train/return")]
+
+    def newest_checkpoint():
+        saved = rotation.saved()
+        return saved[0][0] if saved else 0
+
     process = start_cli(args, tmp_path)
-    checkpoint_index = run_dir / "checkpoints" / "checkpoint"
-    deadline = time.time() + 240
-    while not (checkpoint_index.exists() and "ckpt-400" in checkpoint_index.read_text()):
-        assert process.poll() is None, process.stdout.read()[-3000:]
-        assert time.time() < deadline, "no checkpoint within 4 minutes"
-        time.sleep(0.2)
-    # Killed mid-run, not after it finished on its own.
-    assert process.poll() is None, "the run ended before it could be killed"
+    wait_for(lambda: newest_checkpoint() >= 400
+             and max(logged_steps(), default=0) > newest_checkpoint(),
+             process, "a step past its newest checkpoint was logged")
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
     assert not (run_dir / "finished.json").exists()
+    resumed_from = newest_checkpoint()
+    assert max(logged_steps()) > resumed_from  # steps the resumed run trains again
     first_run_id = (run_dir / "mlflow_run_id.txt").read_text().strip()
 
     resumed = start_cli(args, tmp_path)
-    output, _ = resumed.communicate(timeout=400)
-    assert resumed.returncode == 0, output[-3000:]
-    assert f"Resuming the run in {run_dir} from env step" in output
+    _, error = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, error[-3000:]
+    assert f"Resuming the run in {run_dir} from env step {resumed_from}." in error
     result = json.loads((run_dir / "finished.json").read_text())
-    assert result["run_id"] == first_run_id
-    assert result["env_steps"] == 900
+    assert result["run_id"] == first_run_id and result["step"] == 1200
     # Exactly the updates of one uninterrupted run (quick preset: 1 update per step).
-    assert result["train_steps"] == 900 - 100
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run = mlflow.get_run(first_run_id)
-    resumed_from = int(run.data.tags["resumed_from_env_step"])
-    assert resumed_from >= 400 and resumed_from % 200 == 0
-    assert result["train/replay_size"] == 900
-    assert sorted(history(first_run_id, "eval/return")) == [300, 600, 900]
+    assert result["train_steps"] == 1200 - 100
+    assert result["metrics"]["train/replay_size"] == 1200
+    run = client.get_run(first_run_id)
+    assert int(run.data.tags["resumed_from_env_step"]) == resumed_from
+    for key in run.data.metrics:
+        steps = [m.step for m in client.get_metric_history(first_run_id, key)]
+        assert len(steps) == len(set(steps)), (key, steps)
+    assert sorted(logged_steps()) == list(range(100, 1201, 100))
+    eval_steps = [m.step for m in client.get_metric_history(first_run_id, "eval/return")]
+    assert sorted(eval_steps) == [600, 1200]
