@@ -32,6 +32,12 @@ from pipelines.common import tracking
 from pipelines.common.run_dir import RunDir
 
 
+def run_name(pipeline, *parts, seed):
+    """The MLflow run name of every pipeline: "<pipeline> <what it trains ...> seed <n>",
+    e.g. "sac HalfCheetah-v5 era-truncated seed 0"."""
+    return " ".join([pipeline, *map(str, parts), f"seed {seed}"])
+
+
 class IntervalTrigger:
     """Fires when a step counter passes a multiple of `every`, and at the last step.
 

@@ -20,7 +20,7 @@ import keras
 import keras_hub
 import mlflow
 
-from pipelines.common.lifecycle import IntervalTrigger, RunLifecycle
+from pipelines.common.lifecycle import IntervalTrigger, RunLifecycle, run_name
 from pipelines.common.metrics import grouped
 from pipelines.common.run_dir import write_json_atomic
 from pipelines.grpo.checkpoint import (
@@ -201,8 +201,8 @@ MAY_CHANGE = ("steps", "checkpoint_every", "distribution")
 
 def default_run_name(config):
     """pipeline, model, task, arm and seed, e.g. "grpo tiny:qwen digit_sum era seed 0"."""
-    task = pathlib.Path(config.task).name
-    return f"grpo {config.model} {task} {'era' if config.era else 'vanilla'} seed {config.seed}"
+    return run_name("grpo", config.model, pathlib.Path(config.task).name,
+                    "era" if config.era else "vanilla", seed=config.seed)
 
 
 def run(config, tracking_uri=None, export=True, model_name="grpo_policy", progress=True):

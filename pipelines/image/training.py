@@ -26,7 +26,7 @@ import tensorflow as tf
 import era_keras
 from pipelines.common import tracking
 from pipelines.common.errors import UserError
-from pipelines.common.lifecycle import IntervalTrigger, RunLifecycle
+from pipelines.common.lifecycle import IntervalTrigger, RunLifecycle, run_name
 from pipelines.image import data, evaluation, export, offline_datasets
 from pipelines.image.checkpoint import ImageCheckpoints
 from pipelines.image.classifier import build_classifier
@@ -112,10 +112,10 @@ def default_run_dir(config):
     return f"runs/image/{config.dataset}-{config.head}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_name(config):
-    """An informative MLflow run name: pipeline, data, model, head, seed."""
+def default_run_name(config):
+    """pipeline, data, model, head and seed, e.g. "image mnist5k resnet20 era-h0.6 seed 0"."""
     head = config.head + (f"-h{config.target_entropy:g}" if config.head.startswith("era") else "")
-    return f"image-{config.dataset}-{config.backbone}-{head}-seed{config.seed}"
+    return run_name("image", config.dataset, config.backbone, head, seed=config.seed)
 
 
 def claimed_config(config):
@@ -242,7 +242,7 @@ def _train(config):
     floor = config.check(info, dataset_problem)
     if config.run_dir is None:
         config.run_dir = default_run_dir(config)
-    run = RunLifecycle(config, config.experiment, run_name(config),
+    run = RunLifecycle(config, config.experiment, default_run_name(config),
                        tracking_uri=config.tracking_uri, chief=chief,
                        claimed=claimed_config(config))
     try:

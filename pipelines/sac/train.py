@@ -24,7 +24,7 @@ from tf_agents.policies import greedy_policy
 
 from pipelines.common import tracking
 from pipelines.common.config import Problems
-from pipelines.common.lifecycle import IntervalTrigger, RunLifecycle
+from pipelines.common.lifecycle import IntervalTrigger, RunLifecycle, run_name
 from pipelines.common.metrics import grouped, metric_history
 from pipelines.sac import entropy, envs, loop, networks, replay
 from pipelines.sac.agent import ERASacAgent, make_agent
@@ -46,7 +46,7 @@ def default_run_name(config):
     agent = f"era-{config.squash}" if config.agent == "era" else "sac"
     if config.agent == "era" and config.squash == "tanh" and config.mean_bound > 0:
         agent += f"-m{config.mean_bound:g}"
-    return f"sac {config.env} {agent} seed {config.seed}"
+    return run_name("sac", config.env, agent, seed=config.seed)
 
 
 class SacRun:

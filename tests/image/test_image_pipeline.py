@@ -61,7 +61,7 @@ def test_end_to_end_on_mock_cifar10(tracking_uri, tmp_path):
     assert str(tmp_path) in run.info.artifact_uri  # not in the repository
     assert run.data.params["head"] == "era_label_smoothing"
     assert float(run.data.params["era.min_entropy"]) == pytest.approx(0.6, abs=1e-6)
-    assert run.info.run_name == "image-cifar10-resnet8-era_label_smoothing-h0.6-seed0"
+    assert run.info.run_name == "image cifar10 resnet8 era_label_smoothing-h0.6 seed 0"
     for key in ("eval/val_top1", "eval/val_top5", "eval/val_nll", "eval/val_ece",
                 "entropy/val_mean", "entropy/val_min", "train/loss", "train/learning_rate",
                 "perf/epoch_seconds", "perf/train_images_per_second"):
