@@ -12,7 +12,7 @@ LayerNorm), batch 256, gamma 0.99, tau 0.005, one gradient step per env step.
   with `train_freq=1, gradient_steps=1`; a gradient block is `model.train(n, 256)`.
 
 Each implementation lives in its own worker process, all pinned to the same core
-(`--cpu`, default 1, inherited by the workers). A worker fills its replay with
+(`--cpu`, default 1, passed on to the workers). A worker fills its replay with
 `--fill` random steps and compiles (untimed), then the parent runs interleaved rounds:
 each round, every worker in turn times one env block and one gradient block while the
 others wait idle. Reported: the median over rounds, the spread (min-max), and ratios of
@@ -194,9 +194,11 @@ def main():
     if args.worker:
         return worker(args.worker, args)
 
+    # Every setting a worker reads, --cpu included: a worker parses its own flags, and with
+    # the default core it would try to re-pin itself off the core it inherited.
     argv = ["--env", args.env, "--batch", str(args.batch), "--fill", str(args.fill),
             "--env-steps", str(args.env_steps), "--grad-steps", str(args.grad_steps),
-            "--rounds", str(args.rounds)]
+            "--rounds", str(args.rounds), "--cpu", str(args.cpu)]
     # Set-up runs in parallel (on the same core); only the timed blocks are interleaved.
     workers = {name: Worker(name, argv, args.sbx_path) for name in args.only}
     setup = {name: w.receive()["ready"] for name, w in workers.items()}
