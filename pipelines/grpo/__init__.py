@@ -1,4 +1,4 @@
-"""GRPO with logit ERA for keras-hub causal LMs (issue 5).
+"""GRPO with logit ERA for keras-hub causal LMs.
 
 `python -m pipelines.grpo --help` for the command line; `pipelines.grpo.train.run(config)`
 from Python. Modules: `config` (settings), `models` (presets and tiny offline models),
