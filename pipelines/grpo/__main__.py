@@ -14,8 +14,12 @@ from pipelines.common.errors import run_cli
 from pipelines.common.native_logs import import_tensorflow
 
 HELP = {
-    "model": "keras-hub preset name or preset directory, or tiny:qwen|qwen3|gemma|gemma3 "
-             "(random init, tokenizer built offline)",
+    "model": "keras-hub preset name or preset directory, a Hugging Face transformers "
+             "directory (config.json, safetensors, tokenizer files: Qwen2/2.5, Qwen3, "
+             "Gemma, Gemma 3, Llama 3), or tiny:qwen|qwen3|gemma|gemma3 (random init, "
+             "tokenizer built offline)",
+    "chat_template": "prompts given as chat messages: auto (the checkpoint's own chat "
+                     "template), none, or a Jinja template file",
     "task": "built-in task (arithmetic: one exact answer; digit_sum, digit_sum_wide: many "
             "answers) or a "
             "JSONL file (GSM8K / MATH / DAPO-Math fields)",
@@ -67,7 +71,7 @@ def _parser():
                              "sqlite:///mlflow.db)")
     parser.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
                         help="export a keras-hub preset, a scoring and a generate SavedModel "
-                             "at the end")
+                             "and a Hugging Face directory at the end")
     parser.add_argument("--model-name", default="grpo_policy",
                         help="model name in the TF Serving layout")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

@@ -210,3 +210,10 @@ def render_problems(problems, template, causal_lm):
             text = text[len(start):]
         rendered.append(dataclasses.replace(problem, prompt=text))
     return rendered
+
+
+def render_chat_prompts(config, causal_lm, *problem_lists):
+    """Each list of problems with its chat prompts rendered as `config.chat_template` says
+    (for `config.model`'s checkpoint); one list back per list given."""
+    template = resolve(config.chat_template, config.model, causal_lm.preprocessor.tokenizer)
+    return tuple(render_problems(problems, template, causal_lm) for problems in problem_lists)

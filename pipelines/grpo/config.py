@@ -24,8 +24,12 @@ DTYPES = ("float32", "bfloat16", "mixed_bfloat16")
 
 @dataclasses.dataclass
 class GRPOConfig:
-    # Model: a keras-hub preset name or directory, or "tiny:<family>" (random init).
+    # Model: a keras-hub preset name or directory, a Hugging Face transformers directory,
+    # or "tiny:<family>" (random init).
     model: str = "tiny:qwen"
+    # Prompts given as chat messages: "auto" (the checkpoint's own template), "none", or a
+    # Jinja template file (see chat.py).
+    chat_template: str = "auto"
     tiny_layers: int = 2
     tiny_hidden_dim: int = 128
     # Data: a built-in task name or a JSONL file; reward by name or "module:function".

@@ -13,19 +13,22 @@ from deep inside the converter:
 
 Out: `export_hf_dir` writes the policy with keras-hub's `CausalLM.export_to_transformers`
 (config.json, model.safetensors, tokenizer files) for the backbones keras-hub 0.32 can
-write (`exportable`; Qwen3 is not among them). A LoRA policy is written merged: Keras'
-`EinsumDense.kernel` is the base kernel plus (alpha / rank) A B, and the exporter reads
-`kernel`. When the run started from a transformers directory, that directory's tokenizer
-files (tokenizer.json, tokenizer_config.json with its chat template, tokenizer.model,
-generation_config.json, ...) replace the ones keras-hub regenerates, and config.json
-keeps the source's fields that keras-hub does not write (`architectures`,
-`max_position_embeddings`, ...); fields keras-hub writes describe the weights and win.
+write (`exportable`: not Qwen3, and of Gemma only the multi-query models like Gemma 2B,
+since keras-hub's Gemma exporter writes one key/value head). A LoRA policy is merged
+first (`models.merge_lora`: several exporters read the kernel variable, which holds the
+base weights until then). When the run started from a transformers directory, that
+directory's tokenizer files (tokenizer.json, tokenizer_config.json with its chat template,
+tokenizer.model, generation_config.json, ...) replace the ones keras-hub regenerates, and
+config.json keeps the source's fields that keras-hub does not write (`architectures`,
+`max_position_embeddings`, ...); the fields keras-hub writes describe the weights and win,
+and `dtype` is the policy's weight dtype.
 """
 
 import collections
 import json
 import pathlib
 import shutil
+import sys
 
 from pipelines.common.errors import UserError
 
@@ -116,7 +119,14 @@ def exportable(causal_lm):
     (False, the reason in one line)."""
     from keras_hub.src.utils.transformers.export.hf_exporter import MODEL_CONFIGS
 
-    name = type(causal_lm.backbone).__name__
+    backbone = causal_lm.backbone
+    name = type(backbone).__name__
+    if name == "GemmaBackbone" and backbone.num_key_value_heads != 1:
+        # Its Gemma exporter writes the first key/value head only (Gemma 2B's multi-query
+        # attention): a model with more would be written wrong.
+        return False, (f"keras-hub's Gemma exporter writes one key/value head and this "
+                       f"Gemma has {backbone.num_key_value_heads} (only Gemma 2B-style "
+                       "multi-query models export)")
     if name in MODEL_CONFIGS:
         return True, ""
     writable = ", ".join(sorted(n.removesuffix("Backbone") for n in MODEL_CONFIGS))
@@ -132,9 +142,13 @@ def export_hf_dir(causal_lm, target, source=None, chat_template=None):
     run used instead of the checkpoint's own (written as chat_template.jinja).
     Written via `<target>.partial`, so a kill never leaves half a directory.
     """
+    from pipelines.grpo.models import lora_enabled, merge_lora
+
     ok, reason = exportable(causal_lm)
     if not ok:
         raise UserError(reason + ".")
+    if lora_enabled(causal_lm):
+        merge_lora(causal_lm)  # several exporters read the kernel variable, not A B
     target = pathlib.Path(target)
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -158,3 +172,16 @@ def export_hf_dir(causal_lm, target, source=None, chat_template=None):
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return target
+
+
+def export_run_hf_dir(causal_lm, config, target):
+    """A finished run's Hugging Face directory: {"hf_dir": path}, or {} with one warning
+    line when keras-hub cannot write the family (the preset and SavedModels still are)."""
+    ok, reason = exportable(causal_lm)
+    if not ok:
+        print(f"warning: no Hugging Face export: {reason}; the keras-hub preset and the "
+              "SavedModels are written.", file=sys.stderr)
+        return {}
+    source = config.model if is_hf_directory(config.model) else None
+    template = None if config.chat_template in ("auto", "none") else config.chat_template
+    return {"hf_dir": export_hf_dir(causal_lm, target, source=source, chat_template=template)}

@@ -250,6 +250,20 @@ def enable_lora(causal_lm, rank):
     freeze_all_but_lora(causal_lm)
 
 
+def merge_lora(causal_lm):
+    """Fold each LoRA pair into its kernel, in place: the kernel becomes kernel +
+    (alpha / rank) A B and B becomes 0, so the network computes the same function and a
+    reader of the plain kernel variable (keras-hub's Hugging Face exporters) sees the
+    trained weights."""
+    from keras import ops
+
+    for layer in causal_lm.backbone._flatten_layers():
+        if getattr(layer, "lora_enabled", False):
+            merged = ops.cast(layer.kernel, layer._kernel.dtype)
+            layer._kernel.assign(merged)
+            layer.lora_kernel_b.assign(ops.zeros_like(layer.lora_kernel_b))
+
+
 def network_only(causal_lm):
     """The same network (weights shared) without its preprocessor.
 

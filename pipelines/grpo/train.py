@@ -26,6 +26,7 @@ import era_keras
 from pipelines.common.metrics import grouped, metric_history
 from pipelines.common.run_dir import RunDir
 from pipelines.common.tracking import log_curves, tracked_run, write_json
+from pipelines.grpo.chat import render_chat_prompts
 from pipelines.grpo.checkpoint import (
     copy_policy,
     load_reference,
@@ -42,6 +43,7 @@ from pipelines.grpo.distribution import (
     shard_batch,
 )
 from pipelines.grpo.evaluate import evaluate
+from pipelines.grpo.hf import export_run_hf_dir
 from pipelines.grpo.loss import group_advantages, grpo_loss, next_token_targets, vanilla_era
 from pipelines.grpo.models import backbone_class, enable_lora, load_causal_lm, tiny_causal_lm
 from pipelines.grpo.optim import build_optimizer
@@ -459,6 +461,8 @@ def _run(config, spec, distribution, tracking_uri, export, model_name, progress)
         run_dir.claim(config, may_change=MAY_CHANGE)
     checkpoint = restore_checkpoint(run_dir) if resuming else None
     causal_lm = checkpoint.causal_lm if checkpoint is not None else build_causal_lm(config)
+    train_problems, eval_problems = render_chat_prompts(config, causal_lm, train_problems,
+                                                        eval_problems)
     trainer = GRPOTrainer(config, causal_lm, train_problems, eval_problems, distribution)
     trainer.check_lengths(warm_start=checkpoint is None)
     if not resuming:
@@ -512,6 +516,8 @@ def _run(config, spec, distribution, tracking_uri, export, model_name, progress)
             from pipelines.grpo.export import export_all
 
             trainer.export_paths = export_all(trainer.causal_lm, run_dir / "export", model_name)
+            trainer.export_paths.update(export_run_hf_dir(trainer.causal_lm, config,
+                                                          run_dir / "export" / "hf"))
             mlflow.set_tags({f"export.{k}": str(v) for k, v in trainer.export_paths.items()})
     run_dir.finish({
         "run_id": trainer.run_id, "step": trainer.step,

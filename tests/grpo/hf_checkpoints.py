@@ -108,7 +108,7 @@ def write_tokenizer(family, directory):
 
 
 def model_config(family, vocabulary_size, num_layers=2, hidden_size=64, num_heads=4,
-                 init_std=0.02, tie_word_embeddings=None, **overrides):
+                 init_std=0.02, tie_word_embeddings=None, num_kv_heads=None, **overrides):
     """The transformers config of a tiny `family` model."""
     import transformers
 
@@ -117,7 +117,7 @@ def model_config(family, vocabulary_size, num_layers=2, hidden_size=64, num_head
     common = dict(
         vocab_size=vocabulary_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads,
-        num_key_value_heads=max(1, num_heads // 2), max_position_embeddings=512,
+        num_key_value_heads=num_kv_heads or max(1, num_heads // 2), max_position_embeddings=512,
         initializer_range=init_std,
     )
     if tie_word_embeddings is not None:
@@ -142,11 +142,13 @@ def model_config(family, vocabulary_size, num_layers=2, hidden_size=64, num_head
 
 
 def write_checkpoint(family, directory, seed=0, num_layers=2, hidden_size=64, num_heads=4,
-                     init_std=0.02, max_shard_size=None, tie_word_embeddings=None):
+                     init_std=0.02, max_shard_size=None, tie_word_embeddings=None,
+                     num_kv_heads=None):
     """Save a tiny random-init `family` checkpoint to `directory`; returns the torch model.
 
     `init_std` is the normal init's standard deviation (transformers' `initializer_range`);
-    `max_shard_size` (e.g. "20KB") makes `save_pretrained` shard the weights.
+    `max_shard_size` (e.g. "20KB") makes `save_pretrained` shard the weights;
+    `num_kv_heads` defaults to half the query heads (grouped-query attention).
     """
     import torch
     import transformers
@@ -154,7 +156,7 @@ def write_checkpoint(family, directory, seed=0, num_layers=2, hidden_size=64, nu
     directory = pathlib.Path(directory)
     vocabulary_size = write_tokenizer(family, directory)
     config, spec = model_config(family, vocabulary_size, num_layers, hidden_size, num_heads,
-                                init_std, tie_word_embeddings)
+                                init_std, tie_word_embeddings, num_kv_heads)
     tokenizer_config = json.loads((directory / "tokenizer_config.json").read_text())
     ids = _special_ids(family, directory, tokenizer_config)
     config.bos_token_id, config.eos_token_id, config.pad_token_id = (
@@ -209,3 +211,22 @@ def random_token_ids(vocabulary_size, batch=2, length=24, seed=0):
     """Token ids drawn uniformly from the whole vocabulary (special tokens included)."""
     return np.random.default_rng(seed).integers(0, vocabulary_size, (batch, length)).astype(
         "int32")
+
+
+def keras_next_token_log_probs(causal_lm, token_ids):
+    """log p(token_t | tokens_<t) of a keras-hub CausalLM, (batch, time - 1), float32."""
+    from keras import ops
+
+    ids = np.asarray(token_ids, "int32")
+    logits = causal_lm({"token_ids": ids, "padding_mask": np.ones_like(ids)})
+    log_p = ops.log_softmax(ops.cast(logits[:, :-1], "float32"), axis=-1)
+    return ops.convert_to_numpy(ops.take_along_axis(log_p, ids[:, 1:, None], axis=-1)[..., 0])
+
+
+def tolerance(torch32, torch64):
+    """(8 e32 + 4 ulps of the largest |log p|, e32), e32 = max |torch32 - torch64|: how far
+    two float32 evaluations of one network may differ (tests/grpo/test_hf_checkpoints.py
+    derives it)."""
+    e32 = float(np.abs(torch32 - torch64).max())
+    ulp = float(np.spacing(np.float32(np.abs(torch64).max())))
+    return 8 * e32 + 4 * ulp, e32

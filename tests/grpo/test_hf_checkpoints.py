@@ -8,12 +8,12 @@ Tolerance. keras-hub and torch are two float32 evaluations of one function that 
 different orders, so each is off the exact value by rounding, and that rounding grows
 with the size of the activations (the init std) and with depth. The exact value is torch
 in float64 on the same weights; e32 = max |torch float32 - torch float64| is this very
-network's float32 rounding. If keras-hub's rounding is of the same size, the triangle
-inequality bounds |keras - torch32| by about 2 e32; the test allows 4 e32, plus 4 ulps of
-the largest |log p| (float32's resolution at that magnitude) for when e32 is itself a
-few ulps. Measured (init std 0.3, 2 layers, 2 x 24 random ids): |keras - torch32| / e32
-between 0.6 and 1.4 on both backends; a converter that drops or transposes one weight
-is off by O(1) nats.
+network's float32 rounding. Per log-prob, |keras - torch32| <= |keras - exact| +
+|exact - torch32| = e_keras + e32. keras-hub's own rounding e_keras was measured at up to
+2.4 e32 (it computes RoPE angles and the attention softmax in another order), so the
+difference stays below 3.4 e32; the test allows 8 e32 (a margin of more than 2), plus 4
+ulps of the largest |log p| (float32's resolution there) for when e32 is itself a few
+ulps. A converter that drops or transposes one weight is off by O(1) nats.
 """
 
 import json
@@ -29,7 +29,9 @@ from pipelines.common.errors import UserError
 from pipelines.grpo.models import load_causal_lm
 from tests.grpo.hf_checkpoints import (
     FAMILIES,
+    keras_next_token_log_probs,
     random_token_ids,
+    tolerance,
     torch_next_token_log_probs,
     write_checkpoint,
 )
@@ -40,35 +42,17 @@ INIT_STD = 0.3  # logits spread over ~15 nats: a wrong weight cannot hide in a f
 KERAS_LOG_PROBS = """
 import json, sys
 import numpy as np
-from keras import ops
 from pipelines.grpo.models import load_causal_lm
-out = {}
-for directory, ids in json.loads(sys.argv[1]).items():
-    ids = np.asarray(ids, "int32")
-    logits = load_causal_lm(directory)({"token_ids": ids, "padding_mask": np.ones_like(ids)})
-    log_p = ops.log_softmax(ops.cast(logits[:, :-1], "float32"), axis=-1)
-    picked = ops.take_along_axis(log_p, ids[:, 1:, None], axis=-1)[..., 0]
-    out[directory] = ops.convert_to_numpy(picked).tolist()
+from tests.grpo.hf_checkpoints import keras_next_token_log_probs
+out = {directory: keras_next_token_log_probs(load_causal_lm(directory), ids).tolist()
+       for directory, ids in json.loads(sys.argv[1]).items()}
 print(json.dumps(out))
 """
 
 
 def keras_log_probs(directory, token_ids):
     """Next-token log-probs of the keras-hub model of `directory` (this backend)."""
-    from keras import ops
-
-    ids = np.asarray(token_ids, "int32")
-    logits = load_causal_lm(str(directory))({"token_ids": ids,
-                                             "padding_mask": np.ones_like(ids)})
-    log_p = ops.log_softmax(ops.cast(logits[:, :-1], "float32"), axis=-1)
-    return ops.convert_to_numpy(ops.take_along_axis(log_p, ids[:, 1:, None], axis=-1)[..., 0])
-
-
-def tolerance(torch32, torch64):
-    """4 e32 + 4 ulps of the largest |log p| (see the module docstring)."""
-    e32 = np.abs(torch32 - torch64).max()
-    ulp = np.spacing(np.float32(np.abs(torch64).max()))
-    return 4 * e32 + 4 * float(ulp), e32
+    return keras_next_token_log_probs(load_causal_lm(str(directory)), token_ids)
 
 
 @pytest.fixture(scope="module")
