@@ -28,7 +28,7 @@ def _parser():
                              "sqlite:///mlflow.db)")
     parser.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
                         help="export a keras-hub preset, a scoring and a generate SavedModel "
-                             "at the end")
+                             "and a Hugging Face directory at the end")
     parser.add_argument("--model-name", default="grpo_policy",
                         help="model name in the TF Serving layout")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

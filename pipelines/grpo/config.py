@@ -28,8 +28,12 @@ WARM_START_STEPS = 150  # for a built-in task, when --warm-start-steps is not gi
 class GRPOConfig:
     # Model.
     model: str = option(
-        "tiny:qwen", "keras-hub preset name or preset directory, or tiny:qwen|qwen3|gemma|"
-        "gemma3 (random init, tokenizer built offline)")
+        "tiny:qwen", "keras-hub preset name or preset directory, a Hugging Face transformers "
+        "directory (config.json, safetensors, tokenizer files: Qwen2/2.5, Qwen3, Gemma, Gemma "
+        "3, Llama 3), or tiny:qwen|qwen3|gemma|gemma3 (random init, tokenizer built offline)")
+    chat_template: str = option(
+        "auto", "prompts given as chat messages: auto (the checkpoint's own chat template), "
+        "none, or a Jinja template file")
     tiny_layers: int = option(2, "tiny:<family> models: transformer layers")
     tiny_hidden_dim: int = option(128, "tiny:<family> models: hidden size")
     # Data.

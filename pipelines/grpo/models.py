@@ -14,6 +14,7 @@ Character-level tokens make the built-in tasks' answers 10+ tokens long, which t
 notes say entropy collapse (and so anything ERA can prevent) needs.
 """
 
+import glob
 import io
 import os
 import string
@@ -47,7 +48,7 @@ def _byte_level_bpe(special_tokens):
     return vocabulary, [f"{nul} {nul}"]
 
 
-def _char_sentencepiece_proto(special_tokens):
+def char_sentencepiece_proto(special_tokens):
     import sentencepiece
 
     model = io.BytesIO()
@@ -85,11 +86,11 @@ def tiny_tokenizer(family):
         vocabulary, merges = _byte_level_bpe(["<|endoftext|>", "<|im_end|>"])
         return keras_hub.models.Qwen3Tokenizer(vocabulary=vocabulary, merges=merges)
     if family == "gemma":
-        return keras_hub.models.GemmaTokenizer(proto=_char_sentencepiece_proto([]))
+        return keras_hub.models.GemmaTokenizer(proto=char_sentencepiece_proto([]))
     if family == "gemma3":
         image_tokens = ["<img>", "<start_of_image>", "<end_of_image>"]
         return keras_hub.models.Gemma3Tokenizer(
-            proto=_char_sentencepiece_proto(image_tokens)
+            proto=char_sentencepiece_proto(image_tokens)
         )
     raise ValueError(
         f"Unknown tiny model family {family!r}; choose one of {', '.join(TINY_FAMILIES)}."
@@ -157,23 +158,49 @@ def load_causal_lm(preset, dtype="float32"):
     """`keras_hub.models.CausalLM.from_preset(preset)`, with a clear error when it is missing.
 
     `preset` is a keras-hub preset name ("qwen2.5_0.5b_en", "gemma3_1b", ...), a
-    "kaggle://" / "hf://" handle, or a local directory written by `save_to_preset`.
+    "kaggle://" / "hf://" handle, a local directory written by `save_to_preset`, or a local
+    Hugging Face transformers directory (config.json with `model_type`, safetensors,
+    tokenizer files), which keras-hub's own converter reads; `hf.check_hf_directory`
+    checks it first.
     """
+    from pipelines.grpo import hf
+
     looks_local = os.sep in preset or preset.startswith(".") or os.path.exists(preset)
     if looks_local and not os.path.isdir(preset):
         raise UserError(
-            f"Preset directory {preset!r} does not exist. Pass a keras-hub preset name "
-            "(e.g. 'qwen2.5_0.5b_en'), or a directory written by save_to_preset "
-            "(with config.json and model.weights.h5)."
+            f"Model directory {preset!r} does not exist. Pass a keras-hub preset name "
+            "(e.g. 'qwen2.5_0.5b_en'), a directory written by save_to_preset (config.json, "
+            "model.weights.h5), or a Hugging Face directory (config.json with model_type, "
+            "model.safetensors, tokenizer files)."
         )
-    if looks_local and not os.path.exists(os.path.join(preset, "config.json")):
-        raise UserError(
-            f"{preset!r} is not a keras-hub preset directory: it has no config.json. "
-            "Export one with CausalLM.save_to_preset(dir)."
-        )
+    if looks_local:
+        config = hf.read_config(preset)
+        if config is None:
+            raise UserError(
+                f"{preset!r} is neither a keras-hub preset nor a Hugging Face directory: it "
+                f"has no config.json (it has {_listing(preset)})."
+            )
+        if isinstance(config, dict) and "model_type" in config:
+            hf.check_hf_directory(preset)
+        elif not (isinstance(config, dict) and "registered_name" in config):
+            raise UserError(
+                f"{preset}/config.json is neither keras-hub's (registered_name) nor "
+                "transformers' (model_type)."
+            )
+        elif not (os.path.exists(os.path.join(preset, "model.weights.h5"))
+                  or glob.glob(os.path.join(preset, "model_*.weights.h5"))):
+            raise UserError(
+                f"{preset!r} is a keras-hub preset without weights (it has "
+                f"{_listing(preset)}); needed: model.weights.h5, as save_to_preset writes it."
+            )
     try:
         return keras_hub.models.CausalLM.from_preset(preset, dtype=dtype)
     except Exception as error:  # keras-hub raises several types for a bad handle
+        if looks_local:
+            raise UserError(
+                f"keras-hub could not load {preset!r} ({type(error).__name__}: "
+                f"{' '.join(str(error).split())})."
+            ) from error
         known = sorted(keras_hub.models.CausalLM.presets)
         raise UserError(
             f"Could not load keras-hub CausalLM preset {preset!r} ({type(error).__name__}: "
@@ -181,6 +208,11 @@ def load_causal_lm(preset, dtype="float32"):
             "(downloaded or cached) or a "
             f"local preset directory. Known preset names include: {', '.join(known[:12])}, ..."
         ) from error
+
+
+def _listing(directory):
+    names = sorted(os.listdir(directory))
+    return ", ".join(names) if names else "nothing"
 
 
 def backbone_class(model):
@@ -216,6 +248,20 @@ def enable_lora(causal_lm, rank):
     if not lora_enabled(causal_lm):
         causal_lm.backbone.enable_lora(rank)
     freeze_all_but_lora(causal_lm)
+
+
+def merge_lora(causal_lm):
+    """Fold each LoRA pair into its kernel, in place: the kernel becomes kernel +
+    (alpha / rank) A B and B becomes 0, so the network computes the same function and a
+    reader of the plain kernel variable (keras-hub's Hugging Face exporters) sees the
+    trained weights."""
+    from keras import ops
+
+    for layer in causal_lm.backbone._flatten_layers():
+        if getattr(layer, "lora_enabled", False):
+            merged = ops.cast(layer.kernel, layer._kernel.dtype)
+            layer._kernel.assign(merged)
+            layer.lora_kernel_b.assign(ops.zeros_like(layer.lora_kernel_b))
 
 
 def network_only(causal_lm):

@@ -23,6 +23,7 @@ import mlflow
 from pipelines.common.lifecycle import IntervalTrigger, RunLifecycle, run_name
 from pipelines.common.metrics import grouped
 from pipelines.common.run_dir import write_json_atomic
+from pipelines.grpo.chat import render_chat_prompts
 from pipelines.grpo.checkpoint import (
     copy_policy,
     load_reference,
@@ -39,6 +40,7 @@ from pipelines.grpo.distribution import (
     shard_batch,
 )
 from pipelines.grpo.evaluate import evaluate
+from pipelines.grpo.hf import export_run_hf_dir
 from pipelines.grpo.metrics import log_plots, step_metrics
 from pipelines.grpo.models import backbone_class, enable_lora, load_causal_lm, tiny_causal_lm
 from pipelines.grpo.optim import build_optimizer
@@ -232,6 +234,8 @@ def _run(config, lifecycle, spec, distribution, export, model_name, progress):
         lifecycle.start()
     checkpoint = restore_checkpoint(lifecycle.run_dir) if resuming else None
     causal_lm = checkpoint.causal_lm if checkpoint is not None else build_causal_lm(config)
+    train_problems, eval_problems = render_chat_prompts(config, causal_lm, train_problems,
+                                                        eval_problems)
     trainer = GRPOTrainer(config, causal_lm, train_problems, eval_problems, distribution)
     trainer.check_lengths(warm_start=checkpoint is None)
     if not resuming:
@@ -285,6 +289,7 @@ def _run(config, lifecycle, spec, distribution, export, model_name, progress):
             from pipelines.grpo.export import export_all
 
             exports = export_all(trainer.causal_lm, run_dir / "export", model_name)
+            exports.update(export_run_hf_dir(trainer.causal_lm, config, run_dir / "export" / "hf"))
             mlflow.set_tags({f"export.{k}": str(v) for k, v in exports.items()})
     last = trainer.history[-1]
     summary = lifecycle.finish(trainer.step, exports,
