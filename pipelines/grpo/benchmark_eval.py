@@ -103,6 +103,7 @@ class EvalConfig:
     reward: str = "math"
     seed: int = 0
     dtype: str = "float32"
+    chat_template: str = "auto"  # as GRPO's --chat-template: auto | none | a Jinja file
     output_dir: str = "runs/eval"
     experiment: str = DEFAULT_EXPERIMENT
     run_name: str | None = None
@@ -343,6 +344,7 @@ def run(config, tracking_uri=None, progress=True):
     import mlflow
 
     from pipelines.common.tracking import tracked_run
+    from pipelines.grpo.chat import render_chat_prompts
     from pipelines.grpo.rewards import get_reward
     from pipelines.grpo.tasks import read_problems
 
@@ -355,6 +357,8 @@ def run(config, tracking_uri=None, progress=True):
         benchmarks[name] = problems
     reward_fns = {config.reward: get_reward(config.reward)}
     causal_lm = load_model(config)
+    benchmarks = dict(zip(benchmarks, render_chat_prompts(config, causal_lm,
+                                                          *benchmarks.values())))
     max_prompt_tokens = config.max_prompt_tokens or longest_prompt_tokens(
         causal_lm, [t for problems in benchmarks.values() for t in model_prompts(problems)])
     output_dir = pathlib.Path(config.output_dir)
@@ -424,6 +428,9 @@ def _parser():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="float32",
                         help="float32 | bfloat16 | mixed_bfloat16")
+    parser.add_argument("--chat-template", default="auto",
+                        help="prompts given as chat messages (the era-paper protocol's are): "
+                             "auto (the checkpoint's own template), none, or a Jinja file")
     parser.add_argument("--output-dir", default="runs/eval",
                         help="where the tables and graded completions are written")
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment")
@@ -446,7 +453,8 @@ def main(argv=None):
         samples=args.samples, temperature=args.temperature, top_p=args.top_p,
         max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens,
         batch_size=args.batch_size, reward=args.reward, seed=args.seed, dtype=args.dtype,
-        output_dir=args.output_dir, experiment=args.experiment, run_name=args.run_name)
+        chat_template=args.chat_template, output_dir=args.output_dir,
+        experiment=args.experiment, run_name=args.run_name)
     run_id, _ = run(config, tracking_uri=args.tracking_uri, progress=not args.no_progress)
     print(f"tables: {config.output_dir}/summary.md")
     print(f"MLflow run id: {run_id}")
