@@ -17,7 +17,7 @@ from pipelines.grpo.generate import Sampling, compile_left_padded_decode
 from pipelines.grpo.models import tiny_causal_lm
 from pipelines.grpo.rollout import PROMPT_BUCKET, Rollout, RolloutGenerator
 
-# Prompts of 2 to 9 tokens: mixed lengths are what the layouts treat differently.
+# Prompts of 1 to 8 tokens: mixed lengths are what the layouts treat differently.
 PROMPTS = ["12+3=", "7-2-1=", "9", "41+17-8=", "3*3=", "20-19+1=", "5=", "123+456="]
 
 
@@ -108,14 +108,21 @@ def test_sampled_tokens_have_the_models_next_token_distribution():
         assert statistic < stats.chi2.ppf(1 - 1e-6, len(bins) - 1), (statistic, len(bins))
 
     # The model's distribution at temperature 0.7, from its plain forward pass.
-    logits_1 = reference_log_probs(lm, [prompt_ids])[0] / temperature
-    check(first[: rows // 2], logits_1 - np.logaddexp.reduce(logits_1))
-    # The second token, given the most frequent first token (a different cache state).
-    common = np.bincount(first[: rows // 2]).argmax()
-    chosen = first[: rows // 2] == common
-    assert chosen.sum() >= 200
-    logits_2 = reference_log_probs(lm, [np.append(prompt_ids, common)])[0] / temperature
-    check(second[: rows // 2][chosen], logits_2 - np.logaddexp.reduce(logits_2))
+    def tempered(log_p):
+        logits = log_p / temperature
+        return logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+
+    first_log_p = tempered(reference_log_probs(lm, [prompt_ids])[0])
+    check(first[: rows // 2], first_log_p)
+    # The second token's distribution is the mixture, over the first token, of the
+    # model's next-token distribution after it (one forward pass per possible token).
+    vocabulary = first_log_p.size
+    prefixes = np.concatenate([np.repeat(prompt_ids[None], vocabulary, axis=0),
+                               np.arange(vocabulary)[:, None]], axis=1).astype("int32")
+    logits = lm({"token_ids": prefixes, "padding_mask": np.ones_like(prefixes, bool)})
+    second_log_p = tempered(np.asarray(keras.ops.log_softmax(logits[:, -1])))
+    mixture = np.logaddexp.reduce(first_log_p[:, None] + second_log_p, axis=0)
+    check(second[: rows // 2], mixture)
 
 
 def test_top_p_keeps_sampling_inside_the_nucleus():
@@ -196,7 +203,8 @@ def test_h_resp_is_computed_over_exactly_the_response_tokens(tmp_path):
     train, test = load_problems(config)
     trainer = GRPOTrainer(config, build_causal_lm(config), train, test)
     trainer.prepare_sampling()
-    rollout, rewards, _, advantages, _ = trainer.rollout(1)
+    rollout = trainer.generator.generate(PROMPTS, "train", seed=2)
+    advantages = np.linspace(-1.0, 1.0, len(PROMPTS)).astype("float32")
     assert (~rollout.padding_mask[:, 0]).any()  # some rows are padded on the left
     lm = trainer.causal_lm
     expected = []
