@@ -37,11 +37,14 @@ tokenize (see `serving.text_generation`). Written with the TensorFlow backend; f
 `pipelines.grpo.export` runs it in a TensorFlow subprocess.
 """
 
+import dataclasses
+import inspect
 import json
 
 import keras
 import keras_hub
 import numpy as np
+from keras import ops
 
 from pipelines.grpo.models import network_only
 from serving.layout import version_dir
@@ -285,3 +288,179 @@ def export_generate_savedmodel(causal_lm, export_base, model_name, version=None,
     (target / "assets.extra" / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
     write_warmup_requests(target, warmup_requests(settings))
     return target
+
+
+# --- The rollout decode: left-padded prompts, exactly the new tokens -----------------
+#
+# keras-hub's `generate` takes prompts aligned on the left (right padding) and decodes
+# from the shortest prompt to the padded width, so a batch of mixed lengths pays for
+# `max_prompt_tokens + max_new_tokens - min(length)` decode steps to keep
+# `max_new_tokens`. The loop below takes prompts padded on the LEFT, so every row's next
+# token is written at the same index: one forward pass over the prompts fills the
+# key/value cache, then exactly `max_new_tokens` one-token steps follow (fewer once every
+# row has produced an end token), with the sampling inside the compiled loop.
+#
+# Positions: the cache index of a token is its position plus the row's left padding.
+# Qwen-style models have rotary position embeddings and no absolute ones, and a rotary
+# attention score depends on the query and key positions only through their difference,
+# so shifting a whole row changes nothing but float rounding; the padded keys are masked
+# out of attention. The decoder layers are keras-hub's own, called as
+# `CausalLM.call_with_cache` calls them, plus that attention mask.
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How the decode loop picks a token: greedy at temperature 0, else top-p sampling
+    of softmax(logits / temperature), keeping the smallest prefix of the sorted
+    distribution whose mass reaches `top_p` (as keras-hub's `TopPSampler`)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    @classmethod
+    def of(cls, sampler):
+        """The Sampling a keras-hub sampler draws from, or None for another kind."""
+        if type(sampler) is keras_hub.samplers.GreedySampler:
+            return cls(temperature=0.0)
+        if type(sampler) is keras_hub.samplers.TopPSampler and sampler.k is None:
+            return cls(temperature=float(sampler.temperature), top_p=float(sampler.p))
+        return None
+
+
+def supports_left_padded_decode(causal_lm):
+    """Whether `left_padded_decode` can run this model: a backbone of token embedding,
+    decoder layers that take an attention mask beside their cache (Qwen, Qwen3, Llama,
+    Mistral in keras-hub 0.32) and a final norm. Gemma's layers take other arguments."""
+    backbone = causal_lm.backbone
+    if not all(hasattr(backbone, name) for name in
+               ("token_embedding", "transformer_layers", "layer_norm", "num_key_value_heads")):
+        return False
+    wanted = {"decoder_attention_mask", "self_attention_cache",
+              "self_attention_cache_update_index"}
+    return all(wanted <= set(inspect.signature(layer.call).parameters)
+               for layer in backbone.transformer_layers)
+
+
+def _forward_with_cache(backbone, token_ids, cache, index, key_mask):
+    """Logits of `token_ids` written at cache index `index`, and the updated cache.
+
+    key_mask: (batch, cache length), True where the cache holds (or will hold) a real
+    token; the decoder layers add the causal mask themselves.
+    """
+    x = backbone.token_embedding(token_ids)
+    queries = ops.shape(token_ids)[1]
+    attention_mask = ops.repeat(key_mask[:, None, :], queries, axis=1)
+    caches = []
+    for i, layer in enumerate(backbone.transformer_layers):
+        x, layer_cache = layer(x, decoder_attention_mask=attention_mask,
+                               self_attention_cache=cache[:, i, ...],
+                               self_attention_cache_update_index=index)
+        caches.append(layer_cache)
+    x = backbone.layer_norm(x)
+    return backbone.token_embedding(x, reverse=True), ops.stack(caches, axis=1)
+
+
+def _uniform(shape, seed, step):
+    """Uniform draws in (0, 1), a pure function of (seed pair, step): the loop is
+    compiled and stateless, so the randomness is keyed, not drawn from a variable."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed[0]), seed[1]), step)
+        return jax.random.uniform(key, shape, minval=1e-7, maxval=1.0)
+    import tensorflow as tf
+
+    seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int32), step)
+    return tf.random.stateless_uniform(shape, seed=seed, minval=1e-7, maxval=1.0)
+
+
+def sample_next_token(logits, sampling, seed, step):
+    """One token per row from (batch, vocab) logits (Gumbel-max over the kept tokens)."""
+    logits = ops.cast(logits, "float32")
+    if sampling.temperature == 0:
+        return ops.cast(ops.argmax(logits, axis=-1), "int32")
+    logits = logits / sampling.temperature
+    if sampling.top_p < 1:
+        probabilities = ops.softmax(logits, axis=-1)
+        # The rank of each token's probability; keep a token when the mass of all the
+        # tokens ranked above it is at most top_p (the first one always).
+        sorted_p = ops.flip(ops.sort(probabilities, axis=-1), axis=-1)
+        before = ops.cumsum(sorted_p, axis=-1) - sorted_p
+        kept = ops.sum(ops.cast(before <= sampling.top_p, "int32"), axis=-1, keepdims=True)
+        threshold = ops.take_along_axis(sorted_p, kept - 1, axis=-1)
+        logits = ops.where(probabilities >= threshold, logits, -1e30)
+    gumbel = -ops.log(-ops.log(_uniform(ops.shape(logits), seed, step)))
+    return ops.cast(ops.argmax(logits + gumbel, axis=-1), "int32")
+
+
+def left_padded_decode(causal_lm, token_ids, prompt_mask, max_new_tokens, sampling, seed,
+                       stop_token_ids, pad_id=0):
+    """Decode `max_new_tokens` after prompts padded on the left; returns (new tokens,
+    number of steps run).
+
+    token_ids, prompt_mask: (batch, width), each prompt's tokens at its last positions.
+    seed: int32 (2,) tensor keying the sampling. A row's tokens after its end token are
+    `pad_id`; the loop stops early once every row has ended. Runs inside a compiled
+    function (`compile_left_padded_decode`).
+    """
+    backbone = causal_lm.backbone
+    batch, width = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
+    length = width + max_new_tokens
+    head_dim = getattr(backbone, "head_dim", None) or (
+        backbone.hidden_dim // backbone.num_query_heads)
+    cache = ops.zeros((batch, backbone.num_layers, 2, length, backbone.num_key_value_heads,
+                       head_dim), dtype=causal_lm.compute_dtype)
+    # Generated positions are real keys; the causal mask hides those not yet written.
+    key_mask = ops.concatenate(
+        [ops.cast(prompt_mask, "bool"), ops.ones((batch, max_new_tokens), "bool")], axis=1)
+    logits, cache = _forward_with_cache(backbone, token_ids, cache, 0, key_mask)
+    stops = ops.convert_to_tensor(list(stop_token_ids) or [-1], "int32")
+
+    def cond(step, logits, cache, new_tokens, ended):
+        return ops.logical_and(step < max_new_tokens, ops.logical_not(ops.all(ended)))
+
+    def body(step, logits, cache, new_tokens, ended):
+        token = sample_next_token(logits[:, -1, :], sampling, seed, step)
+        token = ops.where(ended, pad_id, token)
+        new_tokens = ops.slice_update(new_tokens, [0, step], token[:, None])
+        ended = ops.logical_or(ended, ops.any(token[:, None] == stops[None, :], axis=-1))
+        logits, cache = _forward_with_cache(backbone, token[:, None], cache, width + step,
+                                            key_mask)
+        return step + 1, logits, cache, new_tokens, ended
+
+    state = (ops.convert_to_tensor(0, "int32"), logits[:, -1:, :], cache,
+             ops.full((batch, max_new_tokens), pad_id, "int32"), ops.zeros((batch,), "bool"))
+    steps, _, _, new_tokens, _ = ops.while_loop(cond, body, state)
+    return new_tokens, steps
+
+
+def compile_left_padded_decode(causal_lm, max_new_tokens, sampling, stop_token_ids, pad_id=0):
+    """`decode(token_ids, prompt_mask, seed) -> (new tokens, steps)`, XLA-compiled for
+    the backend Keras runs on (TensorFlow: `tf.function(jit_compile=True)`; JAX: `jax.jit`
+    over the variables' values, as keras-hub's own generate function does)."""
+    def loop(token_ids, prompt_mask, seed):
+        return left_padded_decode(causal_lm, token_ids, prompt_mask, max_new_tokens,
+                                  sampling, seed, stop_token_ids, pad_id)
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(loop, jit_compile=True)
+    if backend != "jax":
+        raise ValueError(f"The rollout decode runs on TensorFlow or JAX, not {backend!r}.")
+    import jax
+
+    @jax.jit
+    def stateless(trainable, non_trainable, token_ids, prompt_mask, seed):
+        mapping = list(zip(causal_lm.trainable_variables, trainable)) + list(
+            zip(causal_lm.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping):
+            return loop(token_ids, prompt_mask, seed)
+
+    def decode(token_ids, prompt_mask, seed):
+        return stateless([v.value for v in causal_lm.trainable_variables],
+                         [v.value for v in causal_lm.non_trainable_variables],
+                         token_ids, prompt_mask, seed)
+
+    return decode

@@ -35,14 +35,14 @@ def test_rollout_masks_cover_exactly_the_generated_tokens(tiny_lm):
     prompts = ["12+3=", "7-2-1="]
     _, prompt_mask = generator.encode_prompts(prompts)
     out = generator.generate(prompts, "train", seed=5)
-    assert out.token_ids.shape == (2, 20)
+    # Prompts of 6-7 tokens, padded on the left to the bucketed width 8, then 8 new tokens.
+    assert out.token_ids.shape == (2, 16)
     assert not (out.response_mask & prompt_mask).any()
-    # Prompts of 6-7 tokens leave 13 positions; a response keeps at most max_new_tokens.
     assert out.response_lengths.max() <= 8
     np.testing.assert_array_equal(out.padding_mask, prompt_mask | out.response_mask)
     for row in range(2):
         positions = np.flatnonzero(out.response_mask[row])
-        start = prompt_mask[row].sum()
+        start = np.flatnonzero(prompt_mask[row])[-1] + 1
         assert positions[0] == start  # the response starts right after the prompt
         np.testing.assert_array_equal(positions, np.arange(start, start + positions.size))
     again = generator.generate(prompts, "train", seed=5)
