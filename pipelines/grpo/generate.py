@@ -96,11 +96,13 @@ class RequestSampler(keras_hub.samplers.Sampler):
         return tf.where(self.temperature > 0, tf.cast(sampled, tf.int32), greedy)
 
 
-def _stop_token_ids(causal_lm):
+def stop_token_ids(causal_lm):
+    """The tokens a response ends at: the tokenizer's end token, and the end-of-turn
+    tokens of chat templates (Qwen's <|im_end|>, Gemma's <end_of_turn>, Llama 3's
+    <|eot_id|>) where the vocabulary has them, as transformers' generation configs stop."""
     tokenizer = causal_lm.preprocessor.tokenizer if causal_lm.preprocessor else None
     ids = {getattr(tokenizer, "end_token_id", None)}
-    # Instruction-tuned checkpoints end turns with these; keras-hub stops on them too.
-    for token in ("<end_of_turn>", "<|im_end|>"):
+    for token in ("<end_of_turn>", "<|im_end|>", "<|eot_id|>"):
         try:
             ids.add(tokenizer.token_to_id(token))
         except Exception:  # not in this vocabulary
@@ -250,7 +252,7 @@ def export_generate_savedmodel(causal_lm, export_base, model_name, version=None,
     settings = {**DEFAULTS, "max_new_tokens": min(DEFAULTS["max_new_tokens"],
                                                   max_new_tokens_limit), **defaults}
     _check_settings(settings, max_new_tokens_limit)
-    stop_token_ids = _stop_token_ids(causal_lm)
+    stop_token_ids = stop_token_ids(causal_lm)
     network = network_only(causal_lm)
     vocabulary_size = int(causal_lm.backbone.vocabulary_size)
     generate = checked_generate_function(generate_function(network, stop_token_ids),

@@ -118,7 +118,7 @@ class RolloutGenerator:
         self._decoders = {}
         self._unseeded_calls = 0
         self.shard = shard or (lambda arrays: arrays)
-        self.stop_token_ids = (self.tokenizer.end_token_id,)
+        self.stop_token_ids = stop_token_ids(causal_lm)
         self.pad_id = getattr(self.tokenizer, "pad_token_id", 0) or 0
 
     @property
