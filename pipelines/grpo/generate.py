@@ -252,13 +252,13 @@ def export_generate_savedmodel(causal_lm, export_base, model_name, version=None,
     settings = {**DEFAULTS, "max_new_tokens": min(DEFAULTS["max_new_tokens"],
                                                   max_new_tokens_limit), **defaults}
     _check_settings(settings, max_new_tokens_limit)
-    stop_token_ids = stop_token_ids(causal_lm)
+    stops = stop_token_ids(causal_lm)
     network = network_only(causal_lm)
     vocabulary_size = int(causal_lm.backbone.vocabulary_size)
-    generate = checked_generate_function(generate_function(network, stop_token_ids),
+    generate = checked_generate_function(generate_function(network, stops),
                                          vocabulary_size, int(max_new_tokens_limit))
     metadata = {"max_new_tokens_limit": int(max_new_tokens_limit),
-                "vocabulary_size": vocabulary_size, "stop_token_ids": list(stop_token_ids),
+                "vocabulary_size": vocabulary_size, "stop_token_ids": list(stops),
                 "defaults": settings}
     prompt_specs = [tf.TensorSpec([None, None], tf.int32, name="token_ids"),
                     tf.TensorSpec([None], tf.int32, name="lengths")]

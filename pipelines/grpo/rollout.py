@@ -21,6 +21,7 @@ from pipelines.common.errors import UserError
 from pipelines.grpo.generate import (
     Sampling,
     compile_left_padded_decode,
+    stop_token_ids,
     supports_left_padded_decode,
 )
 from pipelines.grpo.step import enable_compilation_cache
