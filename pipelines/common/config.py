@@ -33,9 +33,11 @@ def field_help(field):
 def layered_values(config_class, presets=None, preset=None, config_json=None, flags=None):
     """{field: value} of a config: the preset (if any), then a JSON file, then the flags.
 
-    An unknown preset is a UserError listing the known ones.
+    An unknown preset is a UserError listing the known ones. The result remembers which
+    fields came from the JSON file (`.origins`), so `make_config` names the file in their
+    problems.
     """
-    values = {}
+    values = LayeredValues()
     if preset is not None:
         presets = presets or {}
         if preset not in presets:
@@ -43,9 +45,21 @@ def layered_values(config_class, presets=None, preset=None, config_json=None, fl
                             f"{', '.join(sorted(presets)) or 'none'}")
         values.update(presets[preset])
     if config_json:
-        values.update(load_config_json(config_json, config_class, check_types=False))
+        from_file = load_config_json(config_json, config_class, check_types=False)
+        values.update(from_file)
+        values.origins.update(dict.fromkeys(from_file, f"config file {config_json}"))
+    for name in flags or {}:
+        values.origins.pop(name, None)
     values.update(flags or {})
     return values
+
+
+class LayeredValues(dict):
+    """Field values, with `origins` {field: where it came from} for those not from flags."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.origins = {}
 
 
 class Problems:
@@ -133,7 +147,9 @@ def make_config(config_class, values):
     The wrong types and unknown fields together with what the config's own checks find in
     the rest (a field of the wrong type is checked at its default meanwhile).
     """
-    bad = type_problems(config_class, values)
+    origins = getattr(values, "origins", {})
+    bad = {name: (f"{origins[name]}: {problem}" if name in origins else problem)
+           for name, problem in type_problems(config_class, values).items()}
     good = {name: value for name, value in values.items() if name not in bad}
     try:
         config = config_class(**good)
