@@ -10,7 +10,7 @@ defaults (the ERA target H0 among them) are `heads.HeadConfig`'s, written there 
 
 import dataclasses
 
-from pipelines.common.config import Problems, check_field_types, option
+from pipelines.common.config import Problems, make_config, option
 from pipelines.image.backbones import backbone_problems
 from pipelines.image.heads import HEADS, HeadConfig
 
@@ -135,5 +135,4 @@ class ImageConfig:
 
     @classmethod
     def from_dict(cls, values):
-        check_field_types(cls, values, "image config")
-        return cls(**values)
+        return make_config(cls, values)
