@@ -18,12 +18,21 @@ integers first, which turns the test into A_t >= 1.
 import keras
 from keras import ops
 
+from era_keras.topk import check_top_k, kth_largest
+
 
 def token_entropy(logits, temperature=1.0):
-    """Entropy (nats) of softmax(logits / temperature) over the last axis, in float32."""
+    """Entropy (nats) of softmax(logits / temperature) over the last axis, in float32.
+
+    Written as H = log S - sum_i e_i (x_i - m) / S with x = logits / temperature,
+    m = max x, e = exp(x - m) and S = sum e: one pass over the vocabulary, and both terms
+    are sums of non-negative numbers, so a near one-hot row keeps its small entropy exact.
+    """
     x = ops.cast(logits, "float32") / temperature
-    log_p = ops.log_softmax(x, axis=-1)
-    return -ops.sum(ops.exp(log_p) * log_p, axis=-1)
+    shifted = x - ops.stop_gradient(ops.max(x, axis=-1, keepdims=True))
+    e = ops.exp(shifted)
+    total = ops.sum(e, axis=-1)
+    return ops.log(total) - ops.sum(e * shifted, axis=-1) / total
 
 
 def response_entropy(token_entropies, mask, top_fraction=0.2):
@@ -77,17 +86,32 @@ def token_log_probs(logits, tokens, logit_scale=None, temperature=1.0, top_k=Non
 
     logits: (batch, time, vocab); tokens: (batch, time) ints; logit_scale: (batch, time)
     or None. With `top_k`, the distribution is renormalised over the top_k logits (the
-    authors' scripts use 20); a token outside them gets a very low log-prob, not -inf.
+    authors' scripts use 20): every logit below the k-th largest is lowered by 1e4 (all
+    logits equal to it stay), so a token outside them gets a very low log-prob, not -inf.
+
+    Only the log-sum-exp runs over the vocabulary; the token's own logit is gathered
+    first, so no (batch, time, vocab) log-softmax is written out. The k-th largest logit
+    comes from `era_keras.topk.kth_largest`, which needs no sort.
     """
-    x = ops.cast(logits, "float32") / temperature
-    if logit_scale is not None:
-        x = x * ops.cast(logit_scale, "float32")[..., None]
     if top_k is not None:
-        kth = ops.top_k(x, int(top_k), sorted=True)[0][..., -1:]
+        check_top_k(top_k, logits.shape[-1])
+    picked = ops.take_along_axis(logits, ops.cast(tokens, "int32")[..., None], axis=-1)
+
+    def scaled(z):
+        x = ops.cast(z, "float32") / temperature
+        if logit_scale is not None:
+            x = x * ops.cast(logit_scale, "float32")[..., None]
+        return x
+
+    x, x_picked = scaled(logits), scaled(picked)
+    if top_k is not None:
+        kth = ops.stop_gradient(kth_largest(x, int(top_k)))[..., None]
         x = ops.where(x >= kth, x, x - 1e4)
-    log_p = ops.log_softmax(x, axis=-1)
-    picked = ops.take_along_axis(log_p, ops.cast(tokens, "int32")[..., None], axis=-1)
-    return ops.squeeze(picked, axis=-1)
+        x_picked = ops.where(x_picked >= kth, x_picked, x_picked - 1e4)
+    # log_softmax(x)[token] = (x[token] - m) - log sum exp(x - m), m = max x.
+    top = ops.stop_gradient(ops.max(x, axis=-1, keepdims=True))
+    log_total = ops.log(ops.sum(ops.exp(x - top), axis=-1, keepdims=True))
+    return ops.squeeze((x_picked - top) - log_total, axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="era_keras")
@@ -160,7 +184,8 @@ class LogitERA(keras.layers.Layer):
 
     def call(self, inputs):
         logits, tokens, advantages, mask = inputs
-        entropies = token_entropy(logits, self.temperature)
+        # H_resp carries no gradient: keep the entropy pass out of the backward one.
+        entropies = token_entropy(ops.stop_gradient(logits), self.temperature)
         h_resp = response_entropy(entropies, mask, self.top_fraction)
         advantages = ops.cast(advantages, "float32")
         if len(advantages.shape) == 1:
