@@ -19,6 +19,8 @@ The result is the value `keras.ops.top_k(x, k)[0][..., -1]` returns, bit for bit
 one of the row's own entries, chosen by comparisons only.
 """
 
+import numbers
+
 from keras import ops
 
 # Rows of at most this many entries are ranked by pairwise comparisons (m * m per row).
@@ -26,9 +28,11 @@ PAIRWISE_LIMIT = 256
 
 
 def check_top_k(top_k, size=None):
-    """Raise a ValueError naming the range unless 1 <= top_k (<= size, when known)."""
-    if isinstance(top_k, bool) or not float(top_k).is_integer() or top_k < 1:
-        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}.")
+    """Raise a TypeError / ValueError naming the range unless 1 <= top_k (<= size, if known)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Real):
+        raise TypeError(f"top_k must be an integer >= 1 or None, got {top_k!r}.")
+    if not float(top_k).is_integer() or top_k < 1:
+        raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}.")
     if size is not None and top_k > size:
         raise ValueError(
             f"top_k={int(top_k)} is larger than the vocabulary ({size} logits on the last "

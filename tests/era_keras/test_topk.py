@@ -76,7 +76,12 @@ def test_top_k_positions_pick_k_distinct_entries_with_the_top_values(
         np.testing.assert_array_equal(np.sort(row[chosen]), np.sort(row)[-k:])
 
 
-@pytest.mark.parametrize("k", [0, -3, 2.5, True, 11])
+@pytest.mark.parametrize("k", [0, -3, 2.5, True, "3"])
 def test_bad_k_raises_with_the_range(k):
-    with pytest.raises(ValueError, match="top_k"):
+    with pytest.raises((ValueError, TypeError), match="top_k must be an integer >= 1"):
         kth_largest(np.zeros((2, 10), np.float32), k)
+
+
+def test_k_above_the_row_length_raises_with_the_length():
+    with pytest.raises(ValueError, match=r"top_k=11 is larger than the vocabulary \(10 logits"):
+        kth_largest(np.zeros((2, 10), np.float32), 11)
