@@ -16,6 +16,8 @@ import math
 import keras
 from keras import ops
 
+from era_keras.arguments import flag, real
+
 HALF_LOG_2PI_E = 0.5 * math.log(2.0 * math.pi * math.e)
 
 
@@ -167,15 +169,30 @@ class GaussianERA(keras.layers.Layer):
             raise ValueError("Give target_entropy or target_entropy_per_dim, not both.")
         if target_entropy is None and target_entropy_per_dim is None:
             target_entropy_per_dim = 0.25
+        log_std_min = real("log_std_min", log_std_min)
+        log_std_max = real("log_std_max", log_std_max)
+        low, high = entropy_range(1, log_std_min, log_std_max)
+        if target_entropy is not None:
+            # Its range depends on the action dimension: checked in `build`.
+            target_entropy = real("target_entropy", target_entropy, "a finite number of nats")
+        else:
+            target_entropy_per_dim = real("target_entropy_per_dim", target_entropy_per_dim,
+                                          f"a number of nats in [{low:.4f}, {high:.4f}]")
+            if not low <= target_entropy_per_dim <= high:
+                raise ValueError(
+                    f"target_entropy_per_dim={target_entropy_per_dim} is outside the range "
+                    f"[{low:.4f}, {high:.4f}] nats per dimension that a Gaussian with log std "
+                    f"in [{log_std_min}, {log_std_max}] can have."
+                )
+        delta = real("delta", delta, "a finite number >= 0")
         if delta < 0:
             raise ValueError(f"delta must be >= 0 (got {delta}).")
-        entropy_range(1, log_std_min, log_std_max)
         self.target_entropy_arg = target_entropy
         self.target_entropy_per_dim = target_entropy_per_dim
-        self.log_std_min = float(log_std_min)
-        self.log_std_max = float(log_std_max)
-        self.initial_delta = float(delta)
-        self.trainable_delta = bool(trainable_delta)
+        self.log_std_min = log_std_min
+        self.log_std_max = log_std_max
+        self.initial_delta = delta
+        self.trainable_delta = flag("trainable_delta", trainable_delta)
         self.action_dim = None
 
     @property

@@ -18,12 +18,22 @@ integers first, which turns the test into A_t >= 1.
 import keras
 from keras import ops
 
+from era_keras.arguments import flag, real
+from era_keras.topk import check_top_k, kth_largest
+
 
 def token_entropy(logits, temperature=1.0):
-    """Entropy (nats) of softmax(logits / temperature) over the last axis, in float32."""
+    """Entropy (nats) of softmax(logits / temperature) over the last axis, in float32.
+
+    Written as H = log S - sum_i e_i (x_i - m) / S with x = logits / temperature,
+    m = max x, e = exp(x - m) and S = sum e: one pass over the vocabulary, and both terms
+    are sums of non-negative numbers, so a near one-hot row keeps its small entropy exact.
+    """
     x = ops.cast(logits, "float32") / temperature
-    log_p = ops.log_softmax(x, axis=-1)
-    return -ops.sum(ops.exp(log_p) * log_p, axis=-1)
+    shifted = x - ops.stop_gradient(ops.max(x, axis=-1, keepdims=True))
+    e = ops.exp(shifted)
+    total = ops.sum(e, axis=-1)
+    return ops.log(total) - ops.sum(e * shifted, axis=-1) / total
 
 
 def response_entropy(token_entropies, mask, top_fraction=0.2):
@@ -32,8 +42,7 @@ def response_entropy(token_entropies, mask, top_fraction=0.2):
     token_entropies, mask: (batch, time). A row keeps max(1, floor(top_fraction * n))
     tokens, n its number of unmasked tokens; a row with no tokens gets 0. No gradient.
     """
-    if not 0.0 < top_fraction <= 1.0:
-        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}.")
+    check_top_fraction(top_fraction)
     entropies = ops.stop_gradient(ops.cast(token_entropies, "float32"))
     mask = ops.cast(mask, "float32")
     count = ops.sum(mask, axis=-1)
@@ -48,18 +57,36 @@ def response_entropy(token_entropies, mask, top_fraction=0.2):
     return ops.where(count > 0, total / keep, 0.0)
 
 
+def check_top_fraction(top_fraction):
+    """top_fraction as a float in (0, 1], or a TypeError / ValueError naming that range."""
+    top_fraction = real("top_fraction", top_fraction, "a number in (0, 1]")
+    if not 0.0 < top_fraction <= 1.0:
+        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}.")
+    return top_fraction
+
+
+def check_band(k, omega_low, omega_high):
+    """(k, omega_low, omega_high) as floats: k >= 1 finite, omega_low <= omega_high (either
+    may be infinite, which switches its branch off), or an error naming the rule."""
+    k = real("k", k, "a finite number >= 1")
+    if not k >= 1.0:
+        raise ValueError(f"k must be >= 1 (k = 1 scales nothing), got {k}.")
+    omega_low = real("omega_low", omega_low, "a number of nats (or -inf)", finite=False)
+    omega_high = real("omega_high", omega_high, "a number of nats (or inf)", finite=False)
+    if not omega_low <= omega_high:
+        raise ValueError(
+            f"omega_low ({omega_low}) must not exceed omega_high ({omega_high})."
+        )
+    return k, omega_low, omega_high
+
+
 def era_scales(response_entropies, advantages, k=2.0, omega_low=0.45, omega_high=3.0):
     """Per-token (logit_scale, advantage_scale) of logit ERA.
 
     response_entropies: (batch,); advantages: (batch,) or (batch, time), real-valued.
     Returns two tensors shaped like the advantages (broadcast to time if given so).
     """
-    if not k >= 1.0:
-        raise ValueError(f"k must be >= 1, got {k}.")
-    if not omega_low <= omega_high:
-        raise ValueError(
-            f"omega_low ({omega_low}) must not exceed omega_high ({omega_high})."
-        )
+    check_band(k, omega_low, omega_high)
     advantages = ops.cast(advantages, "float32")
     h = ops.cast(response_entropies, "float32")
     if len(advantages.shape) == 2:
@@ -77,17 +104,32 @@ def token_log_probs(logits, tokens, logit_scale=None, temperature=1.0, top_k=Non
 
     logits: (batch, time, vocab); tokens: (batch, time) ints; logit_scale: (batch, time)
     or None. With `top_k`, the distribution is renormalised over the top_k logits (the
-    authors' scripts use 20); a token outside them gets a very low log-prob, not -inf.
+    authors' scripts use 20): every logit below the k-th largest is lowered by 1e4 (all
+    logits equal to it stay), so a token outside them gets a very low log-prob, not -inf.
+
+    Only the log-sum-exp runs over the vocabulary; the token's own logit is gathered
+    first, so no (batch, time, vocab) log-softmax is written out. The k-th largest logit
+    comes from `era_keras.topk.kth_largest`, which needs no sort.
     """
-    x = ops.cast(logits, "float32") / temperature
-    if logit_scale is not None:
-        x = x * ops.cast(logit_scale, "float32")[..., None]
     if top_k is not None:
-        kth = ops.top_k(x, int(top_k), sorted=True)[0][..., -1:]
+        check_top_k(top_k, logits.shape[-1])
+    picked = ops.take_along_axis(logits, ops.cast(tokens, "int32")[..., None], axis=-1)
+
+    def scaled(z):
+        x = ops.cast(z, "float32") / temperature
+        if logit_scale is not None:
+            x = x * ops.cast(logit_scale, "float32")[..., None]
+        return x
+
+    x, x_picked = scaled(logits), scaled(picked)
+    if top_k is not None:
+        kth = ops.stop_gradient(kth_largest(x, int(top_k)))[..., None]
         x = ops.where(x >= kth, x, x - 1e4)
-    log_p = ops.log_softmax(x, axis=-1)
-    picked = ops.take_along_axis(log_p, ops.cast(tokens, "int32")[..., None], axis=-1)
-    return ops.squeeze(picked, axis=-1)
+        x_picked = ops.where(x_picked >= kth, x_picked, x_picked - 1e4)
+    # log_softmax(x)[token] = (x[token] - m) - log sum exp(x - m), m = max x.
+    top = ops.stop_gradient(ops.max(x, axis=-1, keepdims=True))
+    log_total = ops.log(ops.sum(ops.exp(x - top), axis=-1, keepdims=True))
+    return ops.squeeze((x_picked - top) - log_total, axis=-1)
 
 
 @keras.saving.register_keras_serializable(package="era_keras")
@@ -145,22 +187,26 @@ class LogitERA(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        era_scales(ops.zeros((1,)), ops.zeros((1,)), k, omega_low, omega_high)
-        if not 0.0 < top_fraction <= 1.0:
-            raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}.")
+        self.k, self.omega_low, self.omega_high = check_band(k, omega_low, omega_high)
+        self.top_fraction = check_top_fraction(top_fraction)
+        temperature = real("temperature", temperature, "a finite number > 0")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}.")
-        self.k = float(k)
-        self.omega_low = float(omega_low)
-        self.omega_high = float(omega_high)
-        self.top_fraction = float(top_fraction)
-        self.temperature = float(temperature)
+        self.temperature = temperature
+        if top_k is not None:
+            check_top_k(top_k)
         self.top_k = None if top_k is None else int(top_k)
-        self.scale_advantages = bool(scale_advantages)
+        self.scale_advantages = flag("scale_advantages", scale_advantages)
+
+    def build(self, input_shape):
+        if self.top_k is not None:  # the vocabulary is known now
+            check_top_k(self.top_k, tuple(input_shape[0])[-1])
+        self.built = True
 
     def call(self, inputs):
         logits, tokens, advantages, mask = inputs
-        entropies = token_entropy(logits, self.temperature)
+        # H_resp carries no gradient: keep the entropy pass out of the backward one.
+        entropies = token_entropy(ops.stop_gradient(logits), self.temperature)
         h_resp = response_entropy(entropies, mask, self.top_fraction)
         advantages = ops.cast(advantages, "float32")
         if len(advantages.shape) == 1:

@@ -25,8 +25,10 @@ import functools
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
+from era_keras.arguments import flag, real
 from era_keras.lambertw import (
     approx_lambertw_m1_from_log,
     lambertw_m1_from_log,
@@ -185,7 +187,7 @@ def softmax_era(logits, target_entropy=0.6, tau=4.0, inverse="exact", floor="tig
 def _era_logits(logits, setting, inverse):
     input_dtype = keras.backend.standardize_dtype(logits.dtype)
     compute_dtype = "float64" if input_dtype == "float64" else "float32"
-    x = ops.cast(logits, compute_dtype)
+    x = _finite_limit(ops.cast(logits, compute_dtype))
     d = setting.num_classes
     a = math.log(setting.tau) / setting.tau
     slope = ((d - 1) * a - setting.excess) / (d - 1)
@@ -197,6 +199,21 @@ def _era_logits(logits, setting, inverse):
     else:
         z = approx_lambertw_m1_from_log(log_y)
     return ops.cast(z, input_dtype)
+
+
+def _finite_limit(x):
+    """Infinite logits replaced by the largest finite value of their sign.
+
+    softmax of [inf, 0, ...] is NaN, while its limit (a logit growing without bound) is
+    the one-hot distribution; with +inf as the largest finite float, softmax gives that
+    limit exactly (several +inf share the mass equally, as equal large logits do), and -inf
+    keeps probability 0. A float16 logit that overflowed to inf thus gets the floor too.
+    NaN stays NaN.
+    """
+    big = ops.full_like(x, float(np.finfo(keras.backend.standardize_dtype(x.dtype)).max))
+    # `where`, not `clip`: Keras' torch backend computes min/max of float64 in float32.
+    x = ops.where(x > big, big, x)
+    return ops.where(x < -big, -big, x)
 
 
 @keras.saving.register_keras_serializable(package="era_keras")
@@ -226,7 +243,10 @@ class SoftmaxERA(keras.layers.Layer):
 
     Call arguments:
         inputs: logits of shape (..., D), D >= 2 classes on the last axis, any float
-            dtype (computed in float32, or float64 for float64 inputs).
+            dtype (computed in float32, or float64 for float64 inputs). An infinite
+            logit counts as the largest finite value of its sign: +inf gives the limit
+            of a logit growing without bound (one-hot, or equal shares among several
+            +inf), so the output is finite and the floor holds; NaN stays NaN.
         training: Python bool; matters only with `training_only=True`, where the layer
             applies the floor in training and passes the logits through otherwise.
 
@@ -255,12 +275,22 @@ class SoftmaxERA(keras.layers.Layer):
         if inverse not in INVERSES:
             raise ValueError(f"inverse must be one of {INVERSES}, got {inverse!r}.")
         _check_floor(floor)
-        _score_scale(tau)
-        self.target_entropy = float(target_entropy)
-        self.tau = float(tau)
+        tau = real("tau", tau, "a finite number > 1")
+        target_entropy = real("target_entropy", target_entropy, "a finite number of nats")
+        # The admissible range's lower end does not depend on the number of classes, so a
+        # target below it fails here; the upper end is checked in `build`.
+        low = 0.0 if floor == "tight" else 1.0 + math.log(_score_scale(tau))
+        if not target_entropy > low:
+            raise ValueError(
+                f"target_entropy={target_entropy} is at or below {low:.4f} nats, the lower "
+                f"end of the admissible range for floor={floor!r}, tau={tau} (the upper end "
+                "depends on the number of classes: see era_keras.admissible_range)."
+            )
+        self.target_entropy = target_entropy
+        self.tau = tau
         self.inverse = inverse
         self.floor = floor
-        self.training_only = bool(training_only)
+        self.training_only = flag("training_only", training_only)
         self.setting = None
         self.supports_masking = True
 

@@ -66,28 +66,40 @@ def test_low_precision_inputs_keep_the_floor_up_to_output_rounding(dtype):
     assert entropy.min() >= 0.25 * 17 - 17 * (8.0 * eps + 1e-5)
 
 
-@pytest.mark.parametrize(
-    "kwargs, action_dim, message",
-    [
-        ({"target_entropy": 30.0}, 6, r"outside the range \[-39\.4864, 8\.5136\]"),
-        ({"target_entropy_per_dim": 1.5}, 6, r"per dimension: \[-6\.5811, 1\.4189\]"),
-        ({"target_entropy_per_dim": -7.0}, 2, r"outside the range"),
-    ],
-)
-def test_unreachable_targets_raise_with_the_range(kwargs, action_dim, message):
-    layer = era_keras.GaussianERA(**kwargs)
-    x = ops.zeros((1, action_dim))
-    with pytest.raises(ValueError, match=message):
+def test_unreachable_total_target_raises_at_build_with_the_range():
+    layer = era_keras.GaussianERA(target_entropy=30.0)  # its range depends on D
+    x = ops.zeros((1, 6))
+    with pytest.raises(ValueError, match=r"outside the range \[-39\.4864, 8\.5136\]"):
         layer([x, x])
 
 
-def test_bad_arguments_raise():
-    with pytest.raises(ValueError, match="not both"):
-        era_keras.GaussianERA(target_entropy=1.0, target_entropy_per_dim=0.1)
-    with pytest.raises(ValueError, match="delta must be >= 0"):
-        era_keras.GaussianERA(delta=-1.0)
-    with pytest.raises(ValueError, match="must be below"):
-        era_keras.GaussianERA(log_std_min=0.0, log_std_max=-1.0)
+@pytest.mark.parametrize("per_dim", [1.5, -7.0])
+def test_unreachable_per_dim_target_raises_in_the_constructor_with_the_range(per_dim):
+    with pytest.raises(ValueError, match=r"outside the range \[-6\.5811, 1\.4189\] nats per"):
+        era_keras.GaussianERA(target_entropy_per_dim=per_dim)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"target_entropy_per_dim": "0.25"}, TypeError, "target_entropy_per_dim must be a number"),
+        ({"target_entropy": "1.5"}, TypeError, "target_entropy must be a finite number"),
+        ({"target_entropy": float("nan")}, ValueError, "target_entropy must be a finite"),
+        ({"target_entropy_per_dim": True}, TypeError, "target_entropy_per_dim must be"),
+        ({"target_entropy": 1.0, "target_entropy_per_dim": 0.1}, ValueError, "not both"),
+        ({"delta": -1.0}, ValueError, "delta must be >= 0"),
+        ({"delta": "0"}, TypeError, "delta must be a finite number >= 0"),
+        ({"log_std_min": 0.0, "log_std_max": -1.0}, ValueError, "must be below"),
+        ({"log_std_min": float("-inf")}, ValueError, "log_std_min must be a finite number"),
+        ({"trainable_delta": "yes"}, TypeError, "trainable_delta must be True or False"),
+    ],
+)
+def test_bad_arguments_raise_in_the_constructor(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        era_keras.GaussianERA(**kwargs)
+
+
+def test_mismatched_heads_raise_at_build():
     with pytest.raises(ValueError, match="same last dimension"):
         era_keras.GaussianERA()([ops.zeros((1, 3)), ops.zeros((1, 4))])
 

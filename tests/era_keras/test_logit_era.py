@@ -126,12 +126,40 @@ def test_layer_returns_consistent_log_probs_advantages_and_entropy():
     assert era_keras.LogitERA.from_config(config).get_config() == config
 
 
-def test_bad_arguments_raise():
-    with pytest.raises(ValueError, match="k must be >= 1"):
-        era_keras.LogitERA(k=0.5)
-    with pytest.raises(ValueError, match="omega_low"):
-        era_keras.LogitERA(omega_low=3.0, omega_high=1.0)
-    with pytest.raises(ValueError, match="top_fraction"):
-        era_keras.LogitERA(top_fraction=0.0)
-    with pytest.raises(ValueError, match="temperature"):
-        era_keras.LogitERA(temperature=0.0)
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"k": 0.5}, ValueError, "k must be >= 1"),
+        ({"k": "2"}, TypeError, "k must be a finite number >= 1"),
+        ({"k": float("inf")}, ValueError, "k must be a finite number"),
+        ({"omega_low": 3.0, "omega_high": 1.0}, ValueError, "must not exceed omega_high"),
+        ({"omega_low": float("nan")}, ValueError, "omega_low must be"),
+        ({"top_fraction": 0.0}, ValueError, r"top_fraction must be in \(0, 1\]"),
+        ({"top_fraction": 1.5}, ValueError, r"top_fraction must be in \(0, 1\]"),
+        ({"temperature": 0.0}, ValueError, "temperature must be > 0"),
+        ({"temperature": "1"}, TypeError, "temperature must be a finite number > 0"),
+        ({"top_k": -3}, ValueError, "top_k must be an integer >= 1"),
+        ({"top_k": 0}, ValueError, "top_k must be an integer >= 1"),
+        ({"top_k": 2.5}, ValueError, "top_k must be an integer >= 1"),
+        ({"top_k": "20"}, TypeError, "top_k must be an integer >= 1"),
+        ({"scale_advantages": "no"}, TypeError, "scale_advantages must be True or False"),
+    ],
+)
+def test_bad_arguments_raise_in_the_constructor(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        era_keras.LogitERA(**kwargs)
+
+
+def test_an_infinite_band_edge_switches_its_branch_off():
+    layer = era_keras.LogitERA(omega_low=float("-inf"), omega_high=float("inf"))
+    assert layer.omega_high == float("inf")
+
+
+def test_top_k_above_the_vocabulary_raises_with_the_vocabulary_size():
+    inputs = (np.zeros((1, 2, 10), np.float32), np.zeros((1, 2), np.int32),
+              np.ones(1, np.float32), np.ones((1, 2), np.float32))
+    with pytest.raises(ValueError, match=r"top_k=50 is larger than the vocabulary \(10 logits"):
+        era_keras.LogitERA(top_k=50)(inputs)
+    with pytest.raises(ValueError, match=r"top_k=11 is larger than the vocabulary \(10 logits"):
+        era_keras.token_log_probs(inputs[0], inputs[1], top_k=11)
+    era_keras.LogitERA(top_k=10)(inputs)  # the whole vocabulary is allowed
