@@ -279,7 +279,8 @@ class SoftmaxERA(keras.layers.Layer):
         target_entropy = real("target_entropy", target_entropy, "a finite number of nats")
         # The admissible range's lower end does not depend on the number of classes, so a
         # target below it fails here; the upper end is checked in `build`.
-        low = 0.0 if floor == "tight" else 1.0 + math.log(_score_scale(tau))
+        scale = _score_scale(tau)  # tau > 1 and away from e, for either floor
+        low = 0.0 if floor == "tight" else 1.0 + math.log(scale)
         if not target_entropy > low:
             raise ValueError(
                 f"target_entropy={target_entropy} is at or below {low:.4f} nats, the lower "

@@ -1,5 +1,6 @@
 """Logit ERA for GRPO: response entropy, which tokens are scaled, ERA log-probs."""
 
+import keras
 import numpy as np
 import pytest
 from scipy.special import log_softmax
@@ -163,3 +164,10 @@ def test_top_k_above_the_vocabulary_raises_with_the_vocabulary_size():
     with pytest.raises(ValueError, match=r"top_k=11 is larger than the vocabulary \(10 logits"):
         era_keras.token_log_probs(inputs[0], inputs[1], top_k=11)
     era_keras.LogitERA(top_k=10)(inputs)  # the whole vocabulary is allowed
+
+
+def test_a_top_k_above_the_vocabulary_is_refused_naming_its_size():
+    logits = keras.ops.zeros((1, 3, 10))
+    tokens = keras.ops.zeros((1, 3), "int32")
+    with pytest.raises(ValueError, match="10"):
+        era_keras.token_log_probs(logits, tokens, top_k=11)

@@ -360,3 +360,50 @@ def test_runs_compiled_with_xla_or_jit():
     compiled = model.predict(x, verbose=0)
     np.testing.assert_allclose(compiled, to_numpy(model(x)), rtol=1e-5, atol=1e-5)
     assert reference.entropy(compiled.astype(np.float64)).min() >= 0.6 - FLOAT32_TOL
+
+
+@pytest.mark.parametrize("num_classes", [2, 1000])
+def test_an_infinite_logit_gives_the_one_hot_limit_and_keeps_the_floor(num_classes):
+    """+inf is the largest finite logit of its sign: the row's output is what a huge logit
+    gives (finite, on the floor), several +inf share equally, -inf is a very small logit."""
+    target = 0.6
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(3, num_classes)).astype("float32")
+    logits = base.copy()
+    logits[0, 0] = np.inf                        # one +inf
+    logits[1, :2] = np.inf                       # two share it
+    logits[2, 1:] = -np.inf                      # everything else impossible
+    out = to_numpy(era_keras.SoftmaxERA(target)(ops.convert_to_tensor(logits)))
+    assert np.all(np.isfinite(out))  # the layer returns logits whose softmax has the floor
+    probs = _softmax(out)
+    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, atol=1e-5)
+    entropy = -(probs * np.log(np.clip(probs, 1e-30, 1.0))).sum(axis=-1)
+    assert np.all(entropy >= target - 1e-4), entropy
+    assert probs[0, 0] == probs[0].max()
+    np.testing.assert_allclose(probs[1, 0], probs[1, 1], rtol=1e-5)
+    # The same as the largest finite float32 logit in its place.
+    finite = base.copy()
+    finite[0, 0] = np.finfo("float32").max
+    expected = _softmax(to_numpy(era_keras.SoftmaxERA(target)(ops.convert_to_tensor(finite))))
+    np.testing.assert_allclose(probs[0], expected[0], rtol=1e-5, atol=1e-7)
+
+
+def _softmax(x):
+    x = np.asarray(x, "float64")
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"target_entropy": "0.6"}, TypeError, "target_entropy must be"),
+    ({"tau": "4"}, TypeError, "tau must be"),
+    ({"target_entropy": -0.1}, ValueError, "lower end of the admissible range"),
+])
+def test_softmax_era_arguments_are_checked_in_the_constructor(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        era_keras.SoftmaxERA(**kwargs)
+
+
+def test_a_target_above_the_admissible_range_is_refused_at_build_with_the_range():
+    with pytest.raises(ValueError, match="admissible"):
+        era_keras.SoftmaxERA(5.0)(ops.zeros((2, 10)))  # log(10) = 2.30 nats at most
