@@ -269,7 +269,8 @@ def test_pipelines_export_of_a_generate_servable_passes_its_load_check(limited, 
     assert run_cli(export_cli.main, ["--path", str(path), "--model-name", "lm_generate",
                                      "--export-base", str(base)]) == 0
     out = capsys.readouterr().out
-    assert "loads and runs without project code; outputs: {'output_ids': (2, 8)" in out
+    assert "loads and runs without project code; outputs: {" in out
+    assert "'output_ids': (2, 8)" in out  # the outputs' order is the signature's, not fixed
     assert (base / "lm_generate" / "1" / "assets.extra" / "tf_serving_warmup_requests").is_file()
 
 
