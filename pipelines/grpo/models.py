@@ -261,7 +261,9 @@ def merge_lora(causal_lm):
         if getattr(layer, "lora_enabled", False):
             merged = ops.cast(layer.kernel, layer._kernel.dtype)
             layer._kernel.assign(merged)
-            layer.lora_kernel_b.assign(ops.zeros_like(layer.lora_kernel_b))
+            # ops.zeros, not zeros_like: JAX cannot read the dtype of a distributed variable
+            b = layer.lora_kernel_b
+            b.assign(ops.zeros(b.shape, b.dtype))
 
 
 def network_only(causal_lm):

@@ -12,7 +12,7 @@ from pipelines.common.cli import (
     given_config_flags,
     print_config,
 )
-from pipelines.common.config import layered_values
+from pipelines.common.config import layered_values, make_config
 from pipelines.common.errors import ConfigError, UserError, run_cli
 from pipelines.sac.config import (
     ACTIVATIONS,
@@ -77,7 +77,7 @@ def config_from_args(args):
     values = layered_values(SacConfig, PRESETS, args.preset, args.config_json,
                             given_config_flags(args, SacConfig))
     try:
-        return SacConfig(**values)
+        return make_config(SacConfig, values)
     except ConfigError as error:
         unknown_env = _env_problem(values.get("env", SacConfig.env))
         if unknown_env is None:
