@@ -1,9 +1,12 @@
-"""Classification heads and their losses: softmax, label smoothing, dropout, ERA, ERA + LS.
+"""Classification heads and their losses: softmax, label smoothing, dropout, confidence
+penalty, focal loss, ERA, ERA + LS.
 
 Every head ends in a float32 Dense layer named "logits"; ERA heads add a `SoftmaxERA`
 layer named "era" after it. The model's output is always logits (the ERA logits for ERA
-heads), and the loss is categorical cross-entropy on them, with label smoothing for the
-`*label_smoothing` heads.
+heads). The loss on them is categorical cross-entropy, with label smoothing for the
+`*label_smoothing` heads, except for two heads that change only the loss:
+`confidence_penalty` (cross-entropy - beta * H(p), Pereyra et al. 2017; see `losses`) and
+`focal` (Keras' `CategoricalFocalCrossentropy`, Lin et al. 2017, with its gamma and alpha).
 
 Which probabilities an ERA model serves is explicit: `era_at_inference=True` keeps the
 floor at inference (softmax of the ERA logits), `False` makes the ERA layer the identity
@@ -17,19 +20,26 @@ import keras
 
 import era_keras
 from pipelines.common.config import Problems
+from pipelines.image.losses import ConfidencePenaltyCrossentropy
 
-HEADS = ("softmax", "label_smoothing", "dropout", "era", "era_label_smoothing")
+HEADS = ("softmax", "label_smoothing", "dropout", "confidence_penalty", "focal", "era",
+         "era_label_smoothing")
 
 
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
     """A head's settings. Its defaults are the pipeline's (`ImageConfig` and the presets
     read them from here); H0 = 0.6 nats is the authors' image target (nothingbutbut/era,
-    `resnet-era/`)."""
+    `resnet-era/`). beta = 0.1 is the confidence-penalty weight Pereyra et al. (2017)
+    report for CIFAR-10 (from their grid 0.1 ... 8); gamma = 2 and alpha = 0.25 are the
+    defaults of Keras' `CategoricalFocalCrossentropy` (Lin et al. 2017's choice)."""
 
     kind: str = "era"
     label_smoothing: float = 0.1  # strength, for the *label_smoothing heads
     dropout: float = 0.2  # rate before the last Dense, for the dropout head
+    confidence_penalty: float = 0.1  # beta, for the confidence_penalty head
+    focal_gamma: float = 2.0  # focusing exponent, for the focal head
+    focal_alpha: float = 0.25  # class weight (the same for every class), for the focal head
     target_entropy: float = 0.6  # nats, for ERA heads
     era_floor: str = "tight"  # "tight" or "paper" (see era_keras.SoftmaxERA)
     era_inverse: str = "exact"  # "exact" or "approx"
@@ -51,6 +61,10 @@ class HeadConfig:
         problems.choice("era_inverse", self.era_inverse, ("exact", "approx"))
         problems.in_range("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
         problems.in_range("dropout", self.dropout, 0.0, 1.0, high_open=True)
+        problems.at_least("confidence_penalty", self.confidence_penalty, 0.0)
+        problems.at_least("focal_gamma", self.focal_gamma, 0.0)
+        problems.check(self.focal_alpha > 0,
+                       f"focal_alpha must be > 0 (got {self.focal_alpha})")
         if num_classes is None or not self.uses_era or self.era_floor not in ("tight", "paper"):
             return None
         try:
@@ -87,6 +101,13 @@ def classification_head(features, num_classes, head):
 
 
 def head_loss(head):
+    """The training loss of `head` on the model's logits and one-hot (or soft) labels."""
+    if head.kind == "confidence_penalty":
+        return ConfidencePenaltyCrossentropy(beta=head.confidence_penalty)
+    if head.kind == "focal":
+        return keras.losses.CategoricalFocalCrossentropy(
+            alpha=head.focal_alpha, gamma=head.focal_gamma, from_logits=True
+        )
     return keras.losses.CategoricalCrossentropy(
         from_logits=True, label_smoothing=head.smoothing
     )
