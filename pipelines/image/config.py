@@ -37,6 +37,9 @@ class ImageConfig:
                                "4 for CIFAR)")
     flip: bool = option(False, "random horizontal flips (use for CIFAR/ImageNet, not digits)")
     randaugment: bool = option(False, "add a RandAugment policy (2 ops, magnitude 0.5)")
+    label_noise: float = option(0.0, "symmetric label noise on the training split: this "
+                                "fraction of its labels is replaced by a uniformly drawn other "
+                                "class, the same examples for a given seed (0: off)")
     shuffle_buffer: int = option(10_000, "tf.data shuffle buffer, in examples")
     cache: bool = option(True, "cache the decoded split in memory")
     # Model
@@ -49,6 +52,13 @@ class ImageConfig:
                                     "strength for the *label_smoothing heads")
     dropout: float = option(HeadConfig.dropout,
                             "dropout rate before the last layer, for the dropout head")
+    confidence_penalty: float = option(HeadConfig.confidence_penalty,
+                                       "beta of the confidence_penalty head: the loss is "
+                                       "cross-entropy - beta * entropy (Pereyra et al. 2017)")
+    focal_gamma: float = option(HeadConfig.focal_gamma,
+                                "gamma of the focal head (Keras CategoricalFocalCrossentropy)")
+    focal_alpha: float = option(HeadConfig.focal_alpha,
+                                "alpha of the focal head (Keras CategoricalFocalCrossentropy)")
     target_entropy: float = option(HeadConfig.target_entropy,
                                    "ERA entropy floor H0 in nats (see era_keras.entropy_floor)")
     era_floor: str = option(HeadConfig.era_floor, "tight: the minimum entropy equals the "
@@ -93,6 +103,9 @@ class ImageConfig:
             kind=self.head,
             label_smoothing=self.label_smoothing,
             dropout=self.dropout,
+            confidence_penalty=self.confidence_penalty,
+            focal_gamma=self.focal_gamma,
+            focal_alpha=self.focal_alpha,
             target_entropy=self.target_entropy,
             era_floor=self.era_floor,
             era_inverse=self.era_inverse,
@@ -128,6 +141,7 @@ class ImageConfig:
         problems.at_least("weight_decay", self.weight_decay, 0)
         problems.at_least("warmup_epochs", self.warmup_epochs, 0)
         problems.at_least("crop_padding", self.crop_padding, 0)
+        problems.in_range("label_noise", self.label_noise, 0.0, 1.0, high_open=True)
         if self.image_size is not None:
             problems.at_least("image_size", self.image_size, 1)
         problems.raise_if_any()

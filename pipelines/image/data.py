@@ -18,7 +18,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from pipelines.common.errors import UserError
-from pipelines.image import offline_datasets
+from pipelines.image import label_noise, offline_datasets
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -98,15 +98,21 @@ def num_examples(builder, split):
     return int(read_split(builder, split).cardinality())
 
 
-def read_split(builder, split, shuffle_files=False, seed=None):
-    """(image uint8, label int64) pairs of one split; a clear error if it is not prepared."""
-    read_config = tfds.ReadConfig(shuffle_seed=seed)
+def read_split(builder, split, shuffle_files=False, seed=None, with_ids=False,
+               decoders=None):
+    """(image uint8, label int64) pairs of one split; a clear error if it is not prepared.
+
+    `with_ids`: dicts of "image", "label" and "tfds_id" (the example's file and position,
+    what the label noise is keyed on) instead of pairs.
+    """
+    read_config = tfds.ReadConfig(shuffle_seed=seed, add_tfds_id=with_ids)
     try:
         return builder.as_dataset(
             split=split,
-            as_supervised=True,
+            as_supervised=not with_ids,
             shuffle_files=shuffle_files,
             read_config=read_config,
+            decoders=decoders,
         )
     except AssertionError as error:
         if "could not find data" not in str(error):
@@ -149,9 +155,14 @@ def train_pipeline(
     shuffle_buffer=10_000,
     cache=True,
     seed=0,
+    label_noise_rate=0.0,
 ):
-    """Shuffled, augmented, repeating batches of the training split."""
-    ds = read_split(builder, split, shuffle_files=True, seed=seed)
+    """Shuffled, augmented, repeating batches of the training split, with symmetric label
+    noise of rate `label_noise_rate` fixed by `seed` (see `label_noise`)."""
+    ds = read_split(builder, split, shuffle_files=True, seed=seed, with_ids=True)
+    ds = ds.map(lambda example: (example["image"], label_noise.noisy_labels(
+        example["tfds_id"], example["label"], info.num_classes, label_noise_rate, seed)),
+        AUTOTUNE)
     ds = ds.map(lambda image, label: (_resize(image, info.image_shape), label), AUTOTUNE)
     if cache:
         ds = ds.cache()
@@ -172,6 +183,14 @@ def train_pipeline(
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options)
+
+
+def flipped_label_fraction(builder, info, split, rate, seed):
+    """The fraction of `split`'s labels that label noise of `rate` at `seed` changes (one
+    pass over the split's records; the images are not decoded)."""
+    examples = read_split(builder, split, with_ids=True,
+                          decoders={"image": tfds.decode.SkipDecoding()})
+    return label_noise.flipped_fraction(examples, info.num_classes, rate, seed)
 
 
 def eval_pipeline(builder, info, split, batch_size, cache=True):

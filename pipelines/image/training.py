@@ -156,6 +156,7 @@ class Inputs:
     test: object
     mean: list
     variance: list
+    label_noise_flipped: float | None = None  # fraction of training labels changed
 
 
 def open_dataset(config):
@@ -188,7 +189,12 @@ def prepare_inputs(config, dataset=None):
         shuffle_buffer=config.shuffle_buffer,
         cache=config.cache,
         seed=config.seed,
+        label_noise_rate=config.label_noise,
     )
+    flipped = None
+    if config.label_noise > 0:
+        flipped = data.flipped_label_fraction(builder, info, config.train_split,
+                                              config.label_noise, config.seed)
     mean, variance = data.channel_statistics(builder, info, config.train_split)
     return Inputs(
         builder=builder,
@@ -199,6 +205,7 @@ def prepare_inputs(config, dataset=None):
         test=data.eval_pipeline(builder, info, config.test_split, 256, config.cache),
         mean=mean,
         variance=variance,
+        label_noise_flipped=flipped,
     )
 
 
@@ -269,8 +276,8 @@ def _fit_and_finish(config, run, strategy, builder, info, floor):
     with run.tracking() as active:
         callbacks = []
         if chief:
-            _log_setting_params(active, _setting_params(
-                inputs.info, floor, config.head_config(), inputs.steps_per_epoch, strategy))
+            _log_setting_params(active, _setting_params(inputs, floor, config.head_config(),
+                                                        strategy))
             callbacks = [
                 evaluation.EpochMetrics(
                     inputs.validation,
@@ -333,14 +340,18 @@ def _work_around_keras_multi_worker(model):
     model.train_step = train_step_with_vector_logs
 
 
-def _setting_params(info, floor, head, steps_per_epoch, strategy):
+def _setting_params(inputs, floor, head, strategy):
+    info = inputs.info
     params = {
         "data.num_classes": info.num_classes,
         "data.image_shape": "x".join(map(str, info.image_shape)),
-        "train.steps_per_epoch": steps_per_epoch,
+        "train.steps_per_epoch": inputs.steps_per_epoch,
         "train.replicas": strategy.num_replicas_in_sync,
         "served_probabilities": served_probabilities(head),
     }
+    if inputs.label_noise_flipped is not None:
+        # What the noise did, beside the rate asked for (the `label_noise` param).
+        params["data.label_noise_flipped"] = round(inputs.label_noise_flipped, 6)
     if floor is not None:
         params.update(
             {
