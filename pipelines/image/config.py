@@ -142,6 +142,9 @@ class ImageConfig:
         problems.at_least("warmup_epochs", self.warmup_epochs, 0)
         problems.at_least("crop_padding", self.crop_padding, 0)
         problems.in_range("label_noise", self.label_noise, 0.0, 1.0, high_open=True)
+        if info is not None and self.label_noise > 0:
+            problems.check(info.num_classes >= 2, f"label_noise needs 2 classes or more "
+                           f"(the dataset has {info.num_classes})")
         if self.image_size is not None:
             problems.at_least("image_size", self.image_size, 1)
         problems.raise_if_any()

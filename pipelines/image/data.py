@@ -6,7 +6,8 @@ datasets (`mnist5k`, `sklearn_digits`; see `offline_datasets`) are prepared on f
 
 Pipelines yield `(images, one_hot_labels)`: images are float32 in [0, 1] (the model
 normalises them itself, so a served model takes the same pixels), labels are one-hot so
-that the loss can apply label smoothing.
+that the loss can apply label smoothing. The training pipeline can corrupt its labels with
+symmetric noise (`label_noise`); the evaluation pipelines never do.
 """
 
 import dataclasses

@@ -12,6 +12,7 @@ import tensorflow as tf
 from pipelines.common.errors import run_cli
 from pipelines.image import __main__ as cli
 from pipelines.image import data, label_noise, training
+from pipelines.image.config import ImageConfig
 from pipelines.image.heads import HEADS
 from tests.image.conftest import tiny_config
 
@@ -152,3 +153,11 @@ def test_print_config_shows_the_noise_and_the_new_heads_settings(capsys):
     assert (shown["label_noise"], shown["head"]) == (0.4, "focal")
     assert (shown["focal_gamma"], shown["focal_alpha"], shown["confidence_penalty"]) == (
         2.0, 0.25, 0.1)
+
+
+def test_noise_on_a_one_class_dataset_is_refused():
+    one_class = data.DatasetInfo(name="one", image_shape=(8, 8, 1), num_classes=1)
+    with pytest.raises(ValueError, match=r"label_noise needs 2 classes or more \(the dataset "
+                                         r"has 1\)"):
+        ImageConfig(label_noise=0.4, head="softmax", backbone="resnet8").check(one_class)
+    ImageConfig(head="softmax", backbone="resnet8").check(one_class)  # no noise: fine
