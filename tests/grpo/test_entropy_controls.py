@@ -259,3 +259,43 @@ def test_old_clip_epsilon_keys_still_work_and_both_names_are_refused(tmp_path):
     settings.write_text(json.dumps({"clip_epsilon": 0.2, "epsilon": 0.3}))
     with pytest.raises(UserError, match="clip_epsilon was renamed epsilon; give only epsilon"):
         layered_values(GRPOConfig, config_json=settings)
+
+
+def test_print_config_lists_the_registered_methods_with_their_settings(capsys):
+    from pipelines.common.errors import run_cli
+    from pipelines.grpo.__main__ import main
+
+    assert run_cli(main, ["--policy-loss", "clip_cov", "--clip-cov-ratio", "0.01",
+                          "--print-config"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["policy_loss"] == "clip_cov"  # stdout: the JSON alone
+    assert "* clip_cov(epsilon=1.0, epsilon_high=None, dual_clip=10.0, clip_cov_ratio=0.01" in err
+    for name in registry.names("entropy_control") + registry.names("advantage_estimator"):
+        assert f" {name}(" in err
+
+
+TINY = dict(model="tiny:qwen", task="arithmetic", tiny_layers=1, tiny_hidden_dim=32,
+            warm_start_steps=0, prompts_per_step=2, group_size=4, num_eval_prompts=2,
+            eval_samples=2, max_new_tokens=8, eval_every=10, checkpoint_every=1)
+
+
+def test_adaptive_entropy_coefficient_survives_checkpoint_and_resume(tmp_path, tracking_uri):
+    """A target no entropy reaches: the coefficient rises by delta after every update. The
+    resumed step must apply the checkpointed 0.01; a fresh controller would apply 0 (it
+    has no measurement yet)."""
+    from pipelines.grpo.checkpoint import restore_checkpoint
+    from pipelines.grpo.train import run
+
+    settings = dict(TINY, use_adaptive_entropy=True, entropy_coef=0.0, entropy_target=1e3,
+                    entropy_coef_delta=0.01, run_dir=str(tmp_path / "run"))
+    first = run(GRPOConfig(steps=1, **settings), tracking_uri=tracking_uri, export=False,
+                progress=False)
+    assert first["history"][-1]["entropy/entropy_coef"] == 0.0
+    state = restore_checkpoint(tmp_path / "run").state["entropy_control"]
+    assert state["entropy_coef"] == pytest.approx(0.01) and state["last_entropy"] < 1e3
+    resumed = run(GRPOConfig(steps=2, **settings), tracking_uri=tracking_uri, export=False,
+                  progress=False)
+    assert resumed["history"][-1]["step"] == 2
+    assert resumed["history"][-1]["entropy/entropy_coef"] == pytest.approx(0.01)
+    state = restore_checkpoint(tmp_path / "run").state["entropy_control"]
+    assert state["entropy_coef"] == pytest.approx(0.02)
