@@ -120,13 +120,13 @@ def centred_covariance(inputs):
 
 def largest(scores, eligible, share, mask):
     """1 on the max(1, floor(share x tokens)) eligible entries with the largest scores
-    (all eligible ones when fewer), 0 elsewhere."""
+    (all eligible ones when fewer), 0 elsewhere. Exactly that many, ties or not (as
+    `torch.topk`): entries are ranked by position in the sorted order."""
     count = ops.maximum(ops.floor(share * ops.sum(mask)), 1.0)
-    flat = ops.reshape(ops.where(eligible, scores, -1e30), (-1,))
-    descending = -ops.sort(-flat)
-    index = ops.minimum(ops.cast(count, "int32") - 1, flat.shape[0] - 1)
-    threshold = ops.take(descending, index)
-    return ops.cast(eligible & (ops.where(eligible, scores, -1e30) >= threshold), "float32")
+    flat = ops.reshape(ops.where(eligible, ops.cast(scores, "float32"), -1e30), (-1,))
+    rank = ops.argsort(ops.argsort(-flat))  # 0 for the largest
+    chosen = ops.reshape(ops.cast(rank, "float32") < count, ops.shape(mask))
+    return ops.cast(eligible & chosen, "float32")
 
 
 @register("policy_loss", "vanilla", VanillaParams)

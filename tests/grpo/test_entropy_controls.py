@@ -121,6 +121,14 @@ def test_clip_cov_draws_its_share_of_eligible_tokens_by_the_noise():
     np.testing.assert_array_equal(_np(terms.cov_selected), [[0, 1, 0], [1, 0, 0]])
 
 
+def test_kl_cov_selects_exactly_its_share_when_covariances_tie():
+    # All advantages 0: every covariance is 0; still floor(0.34 * 6) = 2 tokens, as topk.
+    zero = np.zeros_like(A)
+    terms = kl_cov(KLCovParams(kl_cov_ratio=0.34),
+                   PolicyInputs(LOG_PROBS, LOG_PROBS - 0.1, zero, MASK))
+    assert _np(terms.cov_selected).sum() == 2
+
+
 def test_kl_cov_penalises_the_largest_covariance_tokens_by_abs_log_ratio():
     ratio = np.array([[1.2, 0.9, 1.1], [0.8, 1.3, 1.05]], "float32")
     old = LOG_PROBS - np.log(ratio)
