@@ -3,7 +3,9 @@
     .venv/bin/python scripts/update_docs_options.py
 
 Each table sits between `<!-- options: module.Class -->` and `<!-- /options -->` in a
-docs page; `tests/test_docs_options.py` fails when a table is out of date.
+docs page; a table of registered methods between `<!-- methods: module.function -->` and
+`<!-- /methods -->` is the function's markdown (e.g. `pipelines.grpo.registry.
+methods_table`). `tests/test_docs_options.py` fails when a table is out of date.
 """
 
 import importlib
@@ -13,6 +15,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- options: ([\w.]+) -->\n)(.*?)(<!-- /options -->)", re.S)
+METHODS = re.compile(r"(<!-- methods: ([\w.]+) -->\n)(.*?)(<!-- /methods -->)", re.S)
 
 
 def render(text):
@@ -24,7 +27,12 @@ def render(text):
         config_class = getattr(importlib.import_module(module), name)
         return f"{match.group(1)}{options_table(config_class)}\n{match.group(4)}"
 
-    return BLOCK.sub(table, text)
+    def methods(match):
+        module, _, name = match.group(2).rpartition(".")
+        return f"{match.group(1)}{getattr(importlib.import_module(module), name)()}\n" \
+               f"{match.group(4)}"
+
+    return METHODS.sub(methods, BLOCK.sub(table, text))
 
 
 def pages():

@@ -43,9 +43,11 @@ def layered_values(config_class, presets=None, preset=None, config_json=None, fl
         if preset not in presets:
             raise UserError(f"unknown preset {preset!r}; known presets: "
                             f"{', '.join(sorted(presets)) or 'none'}")
-        values.update(presets[preset])
+        values.update(renamed_values(config_class, presets[preset], f"preset {preset}"))
     if config_json:
-        from_file = load_config_json(config_json, config_class, check_types=False)
+        from_file = renamed_values(
+            config_class, load_config_json(config_json, config_class, check_types=False),
+            f"config file {config_json}")
         values.update(from_file)
         values.origins.update(dict.fromkeys(from_file, f"config file {config_json}"))
     for name in flags or {}:
@@ -148,6 +150,7 @@ def make_config(config_class, values):
     the rest (a field of the wrong type is checked at its default meanwhile).
     """
     origins = getattr(values, "origins", {})
+    values = renamed_values(config_class, values)
     bad = {name: (f"{origins[name]}: {problem}" if name in origins else problem)
            for name, problem in type_problems(config_class, values).items()}
     good = {name: value for name, value in values.items() if name not in bad}
@@ -158,6 +161,20 @@ def make_config(config_class, values):
     if bad:
         raise ConfigError(f"{config_class.__name__} settings", list(bad.values()))
     return config
+
+
+def renamed_values(config_class, values, source="settings"):
+    """`values` with the fields a config renamed (`config_class.RENAMED_FIELDS`,
+    {old: new}) under their new names; one source giving both is a UserError."""
+    renamed = getattr(config_class, "RENAMED_FIELDS", {})
+    values = dict(values)
+    for old, new in renamed.items():
+        if old in values:
+            if new in values:
+                raise UserError(f"{source}: {old} was renamed {new}; give only {new} (got "
+                                f"both: {values[old]!r} and {values[new]!r})")
+            values[new] = values.pop(old)
+    return values
 
 
 def _describe(kind):

@@ -35,6 +35,20 @@ def _parser():
     return parser
 
 
+def print_methods(config):
+    """The registered methods with their settings in `config`, on stderr (stdout stays the
+    JSON that `--config-json` takes back)."""
+    from pipelines.grpo import registry
+
+    chosen = {"policy_loss": config.policy_loss, "advantage_estimator": config.scale_rewards}
+    for kind, methods in registry.describe(config).items():
+        print(f"registered {kind}s:", file=sys.stderr)
+        for name, params in methods.items():
+            mark = "*" if chosen.get(kind) == name else " "
+            settings = ", ".join(f"{k}={v!r}" for k, v in params.items())
+            print(f"  {mark} {name}({settings})", file=sys.stderr)
+
+
 def main(argv=None):
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import_tensorflow()  # which imports Keras, so after its backend is chosen
@@ -47,6 +61,7 @@ def main(argv=None):
         GRPOConfig, PRESETS, args.preset, args.config_json, given_config_flags(args, GRPOConfig)))
     if args.print_config:
         print_config(config)
+        print_methods(config)
         return 0
 
     from pipelines.grpo.train import run

@@ -7,7 +7,8 @@ A checkpoint is a directory `<run_dir>/checkpoints/step-NNNNNNN/` holding
   (`Backbone.save_lora_weights`), applied on restore to the frozen base model that
   `save_lora_base` wrote once to `checkpoints/lora_base/`;
 - `optimizer.npz`: the optimizer's variables (`save_own_variables`);
-- `state.json`: the step and the metric history so far.
+- `state.json`: the step, the metric history so far and the entropy bonus's coefficient
+  (`entropy_control`: TRL's adaptive controller's state, which a resume continues from).
 
 With a KL penalty, the frozen reference policy is kept once, in `<run_dir>/reference/`
 (a keras-hub preset), and reloaded on resume (`save_reference`, `load_reference`).

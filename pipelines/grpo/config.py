@@ -13,8 +13,10 @@ import dataclasses
 import pathlib
 
 from pipelines.common.config import Problems, option
+from pipelines.grpo import registry
 from pipelines.grpo.loss import LOSS_TYPES, SCALE_REWARDS
 from pipelines.grpo.models import TINY_FAMILIES
+from pipelines.grpo.policy_losses import IMPORTANCE_SAMPLING_LEVELS
 from pipelines.grpo.tasks import BUILTIN_TASKS, DATA_SUFFIXES, is_data_file
 
 # float32; bfloat16 (weights and compute: half the memory, but Adam steps far below a
@@ -22,10 +24,15 @@ from pipelines.grpo.tasks import BUILTIN_TASKS, DATA_SUFFIXES, is_data_file
 # weights, bfloat16 compute). The loss's log-softmax and entropies run in float32.
 DTYPES = ("float32", "bfloat16", "mixed_bfloat16")
 WARM_START_STEPS = 150  # for a built-in task, when --warm-start-steps is not given
+POLICY_LOSSES = registry.names("policy_loss")
+# Fields renamed to TRL's names; a config file or preset with the old name still works
+# (`make_config` moves it), one with both names is refused.
+RENAMED_FIELDS = {"clip_epsilon": "epsilon", "clip_epsilon_high": "epsilon_high"}
 
 
 @dataclasses.dataclass
 class GRPOConfig:
+    RENAMED_FIELDS = RENAMED_FIELDS  # not a field (no annotation): read by make_config
     # Model.
     model: str = option(
         "tiny:qwen", "keras-hub preset name or preset directory, a Hugging Face transformers "
@@ -65,11 +72,44 @@ class GRPOConfig:
     # Optimisation. On the tiny warm-started Qwen, 3e-4 lost accuracy within 60 steps
     # (0.94 -> ~0.6 on training rollouts) while 3e-5 raised it.
     learning_rate: float = option(3e-5, "Adam learning rate (peak, after warm-up)")
-    clip_epsilon: float = option(1.0, "PPO clip: ratio clipped below at 1 - epsilon")
-    clip_epsilon_high: float | None = option(
-        None, "PPO clip above at 1 + epsilon_high (none: clip_epsilon; DAPO's clip-higher)")
+    # The policy loss and the ratio clip (TRL / verl names; see policy_losses.py).
+    policy_loss: str = option(
+        "vanilla", f"registered policy loss: {', '.join(POLICY_LOSSES)} (verl's "
+        "policy_loss.loss_mode; Clip-Cov and KL-Cov after Cui et al. 2025)")
+    epsilon: float = option(
+        1.0, "PPO clip: ratio clipped below at 1 - epsilon (TRL's epsilon; ERA authors: 1.0)")
+    epsilon_high: float | None = option(
+        None, "PPO clip above at 1 + epsilon_high (none: epsilon; DAPO's clip-higher: 0.28)")
     dual_clip: float | None = option(
-        10.0, "dual clip c: a negative-advantage token's loss is at most -c * A (none: off)")
+        10.0, "dual clip c: a negative-advantage token's loss is at most -c * A (none: off; "
+        "vanilla and clip_cov)")
+    importance_sampling_level: str = option(
+        "token", "importance ratio per token, or per sequence (GSPO: each response's "
+        "geometric-mean ratio; vanilla only)")
+    clip_cov_ratio: float = option(
+        0.0002, "clip_cov: share of tokens drawn from those with covariance in (lb, ub) and "
+        "given no gradient (verl's default)")
+    clip_cov_lb: float = option(1.0, "clip_cov: lower bound of the covariance window")
+    clip_cov_ub: float = option(5.0, "clip_cov: upper bound of the covariance window")
+    kl_cov_ratio: float = option(
+        0.0002, "kl_cov: share of tokens of largest covariance given the |log ratio| penalty")
+    ppo_kl_coef: float = option(0.1, "kl_cov: weight of the |log ratio| penalty (verl's "
+                                "default)")
+    # Entropy controls (TRL's names; see entropy_controls.py).
+    entropy_coef: float = option(
+        0.0, "entropy bonus: loss - coef * mean token entropy (TRL's entropy_coef; with "
+        "--use-adaptive-entropy its starting value)")
+    use_adaptive_entropy: bool = option(
+        False, "adapt entropy_coef toward --entropy-target each update (Skywork-OR1, TRL)")
+    entropy_target: float = option(
+        0.2, "adaptive entropy: target mean token entropy (nats); the bonus applies while "
+        "the last measured entropy is at or below it")
+    entropy_coef_min: float = option(0.0, "adaptive entropy: lowest coefficient")
+    entropy_coef_max: float = option(1.0, "adaptive entropy: highest coefficient")
+    entropy_coef_delta: float = option(0.005, "adaptive entropy: step of the coefficient")
+    top_entropy_quantile: float = option(
+        1.0, "train on the top quantile of tokens by entropy only (0.2 in Wang et al. 2025; "
+        "1.0: every token)")
     kl_coef: float = option(
         0.0, "weight of the KL penalty to the initial (post warm start) model")
     updates_per_rollout: int = option(1, "optimizer steps per batch of rollouts (PPO epochs)")
@@ -150,7 +190,7 @@ class GRPOConfig:
                        "group_size must be >= 2 to normalise within a group "
                        f"(got {self.group_size})")
         problems.at_least("warm_start_steps", self.warm_start_steps, 0)
-        for name in ["temperature", "eval_temperature", "learning_rate", "clip_epsilon"]:
+        for name in ["temperature", "eval_temperature", "learning_rate", "epsilon"]:
             value = getattr(self, name)
             problems.check(value > 0, f"{name} must be > 0 (got {value})")
         for name in ["top_p", "eval_top_p", "top_fraction"]:
@@ -160,6 +200,8 @@ class GRPOConfig:
         problems.check(self.dual_clip is None or self.dual_clip > 1,
                        f"dual_clip must be > 1 or none (got {self.dual_clip})")
         problems.at_least("kl_coef", self.kl_coef, 0)
+        for problem in self._loss_problems():
+            problems.add(problem)
         problems.at_least("era_k", self.era_k, 1)
         # H_resp is an entropy: never negative, so a negative threshold is a typo.
         problems.at_least("omega_low", self.omega_low, 0)
@@ -194,6 +236,45 @@ class GRPOConfig:
         for problem in self._scale_out_problems():
             problems.add(problem)
         problems.raise_if_any()
+
+    def _loss_problems(self):
+        """Ranges of the policy loss's and entropy controls' settings, and the
+        combinations that would silently do nothing."""
+        problems = Problems("")
+        if not problems.choice("policy_loss", self.policy_loss, POLICY_LOSSES):
+            return problems.messages
+        problems.choice("importance_sampling_level", self.importance_sampling_level,
+                        IMPORTANCE_SAMPLING_LEVELS)
+        if self.epsilon_high is not None:
+            problems.check(self.epsilon_high > 0,
+                           f"epsilon_high must be > 0 or none (got {self.epsilon_high})")
+        problems.check(
+            self.importance_sampling_level == "token" or self.policy_loss == "vanilla",
+            f"importance_sampling_level=sequence (GSPO) works with policy_loss=vanilla only "
+            f"(got policy_loss={self.policy_loss})")
+        problems.in_range("clip_cov_ratio", self.clip_cov_ratio, 0, 1, low_open=True)
+        problems.check(self.clip_cov_lb < self.clip_cov_ub,
+                       f"clip_cov_lb ({self.clip_cov_lb}) must be below clip_cov_ub "
+                       f"({self.clip_cov_ub})")
+        problems.in_range("kl_cov_ratio", self.kl_cov_ratio, 0, 1, low_open=True)
+        problems.at_least("ppo_kl_coef", self.ppo_kl_coef, 0)
+        problems.check(
+            self.policy_loss != "kl_cov" or self.epsilon_high is None,
+            "epsilon_high does nothing with policy_loss=kl_cov (KL-Cov does not clip the "
+            "ratio); leave it unset")
+        problems.at_least("entropy_coef", self.entropy_coef, 0)
+        problems.at_least("entropy_target", self.entropy_target, 0)
+        problems.at_least("entropy_coef_min", self.entropy_coef_min, 0)
+        problems.check(self.entropy_coef_delta > 0,
+                       f"entropy_coef_delta must be > 0 (got {self.entropy_coef_delta})")
+        if self.use_adaptive_entropy:
+            problems.check(
+                self.entropy_coef_min <= self.entropy_coef <= self.entropy_coef_max,
+                f"with use_adaptive_entropy, entropy_coef ({self.entropy_coef}) must lie in "
+                f"[entropy_coef_min, entropy_coef_max] = [{self.entropy_coef_min}, "
+                f"{self.entropy_coef_max}]")
+        problems.in_range("top_entropy_quantile", self.top_entropy_quantile, 0, 1)
+        return problems.messages
 
     def _scale_out_problems(self):
         from pipelines.common.errors import UserError
@@ -237,7 +318,7 @@ PRESETS = {
         scale_advantages=True,
         group_size=8, prompts_per_step=256, dynamic_sampling=True, max_sampling_rounds=30,
         loss_type="dapo", scale_rewards="group", updates_per_rollout=1,
-        clip_epsilon=1.0, clip_epsilon_high=1.0, dual_clip=10.0, kl_coef=0.0,
+        policy_loss="vanilla", epsilon=1.0, epsilon_high=1.0, dual_clip=10.0, kl_coef=0.0,
         learning_rate=1e-6, temperature=1.0, top_p=1.0,
         max_prompt_tokens=2048, max_new_tokens=8192,
         overlong_buffer_len=0, mask_truncated_completions=False,

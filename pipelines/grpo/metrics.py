@@ -2,7 +2,8 @@
 
 The names are documented in docs/grpo.md; `entropy/` is what ERA controls: the response
 entropy H_resp (quantiles), the share of responses under / over its thresholds and the
-share of tokens it scaled.
+share of tokens it scaled; and the other entropy controls: the share of tokens each
+policy loss or control touched and the entropy bonus's (adaptive) coefficient.
 """
 
 import numpy as np
@@ -48,6 +49,14 @@ def step_metrics(config, batch, info, seconds):
             "share_tokens_scaled_down": info.extra["share_scaled_down"],
             "share_tokens_positive_advantage":
                 positive_tokens / max(float(response_tokens.sum()), 1.0),
+            # What each registered method touched: the ratio clip, Clip-Cov / KL-Cov's
+            # covariance selection, the top-entropy mask (1: every token kept).
+            "share_tokens_clipped": info.extra["clip_fraction"],
+            "share_tokens_cov_selected": info.extra["cov_selected_share"],
+            "share_tokens_top_entropy": info.extra["top_entropy_share"],
+            "token_entropy_mean": float(info.extra["token_entropy_sum"]) / max(
+                float(info.extra["token_entropy_count"]), 1.0),
+            "entropy_coef": info.extra["entropy_coef"],
         }),
         **grouped("perf", {
             "tokens_per_s": tokens / total_seconds,

@@ -186,14 +186,17 @@ class GRPOTrainer:
 
     # --- checkpoints -----------------------------------------------------------------
     def save_checkpoint(self, run_dir):
-        return save_checkpoint(run_dir, self.step, self.causal_lm, self.optimizer,
-                               {"history": self.history})
+        return save_checkpoint(run_dir, self.step, self.causal_lm, self.optimizer, {
+            "history": self.history,
+            "entropy_control": self.policy_update.entropy_coef.state()})
 
     def restore(self, checkpoint):
         """Continue from a restored checkpoint (after `prepare_sampling` built the optimizer)."""
         self.optimizer.load_own_variables(checkpoint.optimizer_variables)
         self.step = checkpoint.step
         self.history = list(checkpoint.state["history"])
+        if "entropy_control" in checkpoint.state:  # absent in checkpoints of older versions
+            self.policy_update.entropy_coef.load_state(checkpoint.state["entropy_control"])
 
 
 # Fields a resumed run may change: how long it trains, how often it checkpoints, and the

@@ -20,7 +20,14 @@ from keras import ops
 import era_keras
 from pipelines.common.errors import UserError
 from pipelines.grpo.distribution import shard_batch
-from pipelines.grpo.loss import GRPOLossInfo, grpo_loss, next_token_targets, vanilla_era
+from pipelines.grpo.entropy_controls import EntropyCoefficient
+from pipelines.grpo.loss import (
+    GRPOLossInfo,
+    LossSettings,
+    grpo_loss,
+    next_token_targets,
+    vanilla_era,
+)
 from pipelines.grpo.step import make_train_step
 
 
@@ -59,6 +66,9 @@ class PolicyUpdate:
         self.era = era
         self.distribution = distribution
         self.reference = reference  # the frozen KL reference policy, or None
+        self.settings = LossSettings.from_config(config)
+        # State of the run (checkpointed): the entropy bonus's coefficient, fixed or adaptive.
+        self.entropy_coef = EntropyCoefficient(self.settings.entropy_controls["entropy_bonus"])
         self._train_step = None
 
     def loss(self, model, batch, old_log_probs=None, reference_log_probs=None):
@@ -67,19 +77,17 @@ class PolicyUpdate:
                        training=True)
         logits, tokens, mask = next_token_targets(logits, batch["token_ids"],
                                                   batch["response_mask"])
-        c = self.config
         decision = None
         if "logit_scale" in batch:  # fixed once per rollout (several updates per rollout)
             decision = {key: batch[key] for key in
                         ("logit_scale", "era_advantages", "response_entropy")}
             decision["advantages"] = decision.pop("era_advantages")
+        noise = batch["clip_cov_noise"][:, 1:] if "clip_cov_noise" in batch else None
         return grpo_loss(
-            logits, tokens, mask, batch["advantages"], old_log_probs=old_log_probs,
-            era=self.era, era_decision=decision, temperature=c.temperature,
-            clip_epsilon=c.clip_epsilon, clip_epsilon_high=c.clip_epsilon_high,
-            dual_clip=c.dual_clip, reference_log_probs=reference_log_probs, kl_coef=c.kl_coef,
-            top_fraction=c.top_fraction, loss_type=c.loss_type,
-            max_response_tokens=c.max_new_tokens, batch_tokens=batch["batch_tokens"][0],
+            logits, tokens, mask, batch["advantages"], self.settings,
+            old_log_probs=old_log_probs, era=self.era, era_decision=decision,
+            reference_log_probs=reference_log_probs, entropy_coef=batch["entropy_coef"][0],
+            noise=noise, batch_tokens=batch["batch_tokens"][0],
         )
 
     def outputs(self, model, batch):
@@ -89,7 +97,7 @@ class PolicyUpdate:
                                                   batch["response_mask"])
         return ops.stop_gradient(logits), tokens, mask
 
-    def _batch(self, rollout, advantages):
+    def _batch(self, rollout, advantages, step):
         c = self.config
         response_mask = rollout.response_mask.astype("float32")
         if c.mask_truncated_completions:  # a cut-off response has no verdict to learn from
@@ -97,13 +105,18 @@ class PolicyUpdate:
         # "dapo" divides by the whole batch's tokens; Keras averages the micro-batches'
         # gradients, so each micro-batch divides by that count / pieces (one per row).
         batch_tokens = max(float(response_mask[:, 1:].sum()), 1.0) / c.grad_accum_steps
-        return {
+        batch = {
             "token_ids": rollout.token_ids,
             "padding_mask": rollout.padding_mask,
             "response_mask": response_mask,
             "advantages": advantages.astype("float32"),
             "batch_tokens": np.full(len(advantages), batch_tokens, "float32"),
+            "entropy_coef": np.full(len(advantages), self.entropy_coef.applied(), "float32"),
         }
+        if c.policy_loss == "clip_cov":  # its random draw, seeded by run seed and step
+            rng = np.random.default_rng([c.seed, step or 0])
+            batch["clip_cov_noise"] = rng.random(rollout.token_ids.shape, dtype="float32")
+        return batch
 
     def __call__(self, rollout, advantages, step=None):
         """`updates_per_rollout` optimizer updates on one rollout; the last one's loss info
@@ -111,7 +124,7 @@ class PolicyUpdate:
         c = self.config
         if self._train_step is None:
             self._train_step = make_train_step(self.causal_lm, self.optimizer, self.loss)
-        batch = self._batch(rollout, advantages)
+        batch = self._batch(rollout, advantages, step)
         sharded = shard_batch(self.distribution, batch)
         old = ref = None
         if c.updates_per_rollout > 1:
@@ -134,15 +147,26 @@ class PolicyUpdate:
                 return None
             return shard_batch(self.distribution, {"x": value[i * size:(i + 1) * size]})["x"]
 
-        micro_batches = [
-            ({k: piece(i, v) for k, v in batch.items()}, piece(i, old), piece(i, ref))
-            for i in range(pieces)
-        ] if pieces > 1 else [(sharded, piece(0, old), piece(0, ref))]
+        def micro_batches():
+            if pieces == 1:
+                return [(shard_batch(self.distribution, batch), piece(0, old), piece(0, ref))]
+            return [({k: piece(i, v) for k, v in batch.items()}, piece(i, old), piece(i, ref))
+                    for i in range(pieces)]
+
         for _ in range(c.updates_per_rollout):
-            infos = [self._train_step(*micro) for micro in micro_batches]
+            # The coefficient of this optimizer step (adaptive control changes it per step).
+            batch["entropy_coef"][:] = self.entropy_coef.applied()
+            infos = [self._train_step(*micro) for micro in micro_batches()]
             info = merge_infos(infos)
             check_finite(info, step)
+            self.entropy_coef.update(mean_token_entropy(info))
         return info
+
+
+def mean_token_entropy(info):
+    """The update's mean token entropy over the tokens its policy loss saw."""
+    return float(info.extra["token_entropy_sum"]) / max(
+        float(info.extra["token_entropy_count"]), 1.0)
 
 
 def check_finite(info, step=None):

@@ -3,7 +3,14 @@ import pytest
 from keras import ops
 
 import era_keras
-from pipelines.grpo.loss import group_advantages, grpo_loss, next_token_targets, vanilla_era
+from pipelines.grpo.loss import (
+    LossSettings,
+    group_advantages,
+    grpo_loss,
+    next_token_targets,
+    vanilla_era,
+)
+from pipelines.grpo.policy_losses import VanillaParams
 from pipelines.grpo.rewards import overlong_penalty
 
 
@@ -110,18 +117,20 @@ def test_era_scales_exactly_the_spec_tokens_with_fractional_advantages():
     np.testing.assert_allclose(_np(info.loss), expected, rtol=1e-5)
 
 
+def _clip(epsilon, dual_clip):
+    return LossSettings(policy=VanillaParams(epsilon=epsilon, dual_clip=dual_clip))
+
+
 def test_ppo_clipping_and_dual_clip():
     logits, tokens, mask = _batch(batch=2, time=3)
     current = _np(era_keras.token_log_probs(logits, tokens))
     old = current - np.log(3.0)  # ratio 3 everywhere
     adv = np.array([1.0, -1.0], "float32")
-    info = grpo_loss(logits, tokens, mask, adv, old_log_probs=old, clip_epsilon=0.2,
-                     dual_clip=None)
+    info = grpo_loss(logits, tokens, mask, adv, _clip(0.2, dual_clip=None), old_log_probs=old)
     # A > 0: min(3A, 1.2A) -> -1.2 per token; A < 0: max(-3A, -1.2A) = 3.
     np.testing.assert_allclose(_np(info.loss), (-1.2 * 3 + 3.0 * 3) / 6, rtol=1e-5)
     assert _np(info.extra["clip_fraction"]) == pytest.approx(1.0)
-    dual = grpo_loss(logits, tokens, mask, adv, old_log_probs=old, clip_epsilon=0.2,
-                     dual_clip=2.0)
+    dual = grpo_loss(logits, tokens, mask, adv, _clip(0.2, dual_clip=2.0), old_log_probs=old)
     # Dual clip caps the negative-advantage loss at -c * A = 2.
     np.testing.assert_allclose(_np(dual.loss), (-1.2 * 3 + 2.0 * 3) / 6, rtol=1e-5)
 
@@ -130,9 +139,10 @@ def test_kl_to_reference_is_zero_for_the_same_policy_and_positive_otherwise():
     logits, tokens, mask = _batch()
     adv = np.zeros(4, "float32")
     same = _np(era_keras.token_log_probs(logits, tokens))
-    info = grpo_loss(logits, tokens, mask, adv, reference_log_probs=same, kl_coef=0.1)
+    info = grpo_loss(logits, tokens, mask, adv, LossSettings(kl_coef=0.1), reference_log_probs=same)
     assert _np(info.extra["kl"]) == pytest.approx(0.0, abs=1e-6)
-    info = grpo_loss(logits, tokens, mask, adv, reference_log_probs=same - 0.5, kl_coef=0.1)
+    info = grpo_loss(logits, tokens, mask, adv, LossSettings(kl_coef=0.1),
+                     reference_log_probs=same - 0.5)
     kl = float(_np(info.extra["kl"]))
     assert kl == pytest.approx(np.exp(-0.5) + 0.5 - 1.0, rel=1e-4)
     assert float(_np(info.loss)) == pytest.approx(0.1 * kl, rel=1e-4)
@@ -165,15 +175,20 @@ def _two_rows():
 ])
 def test_loss_types_normalise_as_trl_defines_them(loss_type, extra, expected):
     logits, tokens, mask, adv = _two_rows()
-    info = grpo_loss(logits, tokens, mask, adv, loss_type=loss_type, **extra)
+    max_tokens = extra.pop("max_response_tokens", None)
+    settings = LossSettings(loss_type=loss_type, max_response_tokens=max_tokens)
+    info = grpo_loss(logits, tokens, mask, adv, settings, **extra)
     np.testing.assert_allclose(_np(info.loss), expected, rtol=1e-5)
+
+
+GRPO = LossSettings(loss_type="grpo")
 
 
 def test_grpo_loss_of_micro_batches_adds_up_to_the_batch_loss():
     logits, tokens, mask, adv = _two_rows()
-    whole = _np(grpo_loss(logits, tokens, mask, adv, loss_type="grpo").loss)
+    whole = _np(grpo_loss(logits, tokens, mask, adv, GRPO).loss)
     parts = sum(_np(grpo_loss(logits[i:i + 1], tokens[i:i + 1], mask[i:i + 1], adv[i:i + 1],
-                              loss_type="grpo", batch_sequences=2).loss) for i in range(2))
+                              GRPO, batch_sequences=2).loss) for i in range(2))
     np.testing.assert_allclose(parts, whole, rtol=1e-5)
 
 
@@ -181,13 +196,13 @@ def test_dapo_micro_batches_averaged_as_keras_accumulates_give_the_batch_loss():
     """Rows of unequal length (2 and 4 tokens): each micro-batch divides by the whole
     batch's 6 tokens / 2 micro-batches, so the mean of the two losses is the batch's."""
     logits, tokens, mask, adv = _two_rows()
-    whole = _np(grpo_loss(logits, tokens, mask, adv, loss_type="dapo").loss)
+    whole = _np(grpo_loss(logits, tokens, mask, adv).loss)
     parts = [_np(grpo_loss(logits[i:i + 1], tokens[i:i + 1], mask[i:i + 1], adv[i:i + 1],
-                           loss_type="dapo", batch_tokens=6 / 2).loss) for i in range(2)]
+                           batch_tokens=6 / 2).loss) for i in range(2)]
     np.testing.assert_allclose(np.mean(parts), whole, rtol=1e-5)
     # Each micro-batch's own token mean (bnpo) would weigh the rows' means equally instead.
     bnpo = [_np(grpo_loss(logits[i:i + 1], tokens[i:i + 1], mask[i:i + 1], adv[i:i + 1],
-                          loss_type="bnpo").loss) for i in range(2)]
+                          LossSettings(loss_type="bnpo")).loss) for i in range(2)]
     assert abs(np.mean(bnpo) - whole) > 0.1
 
 

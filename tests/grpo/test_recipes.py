@@ -156,7 +156,7 @@ def test_era_paper_preset_is_the_authors_script_and_print_config_shows_it(capsys
     # The shipped script: adv_scale=True, topk=True (20), clip 1.0 / 1.0, dual clip 10,
     # lr 1e-6, 8 responses per prompt, filter groups on, token-mean, no KL.
     assert printed["scale_advantages"] is True and printed["era_top_k"] == 20
-    assert (printed["clip_epsilon"], printed["clip_epsilon_high"], printed["dual_clip"]) == (
+    assert (printed["epsilon"], printed["epsilon_high"], printed["dual_clip"]) == (
         1.0, 1.0, 10.0)
     assert printed["learning_rate"] == 1e-6 and printed["group_size"] == 8
     assert printed["dynamic_sampling"] is True and printed["loss_type"] == "dapo"
