@@ -116,8 +116,9 @@ class GRPOConfig:
         "mesh with B x M = the device count")
     processes: str = option(
         "1", "processes (hosts) of the run: 1, N (each started with its --process-id and "
-        "process 0's --coordinator-address, or Keras' KERAS_DISTRIBUTION_* / JAX's JAX_* "
-        "variables), or auto (JAX detects SLURM, TPU pod slices, Open MPI); KERAS_BACKEND=jax")
+        "process 0's --coordinator-address, or Keras' KERAS_DISTRIBUTION_* variables / "
+        "JAX_COORDINATOR_ADDRESS), or auto (JAX detects SLURM, TPU pod slices, Open MPI); "
+        "KERAS_BACKEND=jax")
     process_id: int | None = option(
         None, "this process's id, 0 to N-1 (process 0 coordinates and alone writes MLflow, "
         "checkpoints and exports); none: from the environment")

@@ -22,9 +22,11 @@ How the work is split, and why:
   however a group's rows fall on the processes; every process then holds the same batch,
   advantages and metrics.
 - Only process 0 writes: the MLflow run, the run dir's claim and lock, checkpoints and
-  exports (`is_chief`). Every process reads the checkpoint process 0 chose on resume
-  (`check_same_on_every_process`), from the run dir, which must be on a file system
-  every host sees.
+  exports (`is_chief`). Weights split across processes (`model:BxM` with B spanning
+  hosts) are first made whole on every device for the write (`whole_on_every_process`):
+  for that moment each device holds the whole model, as under `data`. Every process
+  reads the checkpoint process 0 chose on resume (`check_same_on_every_process`), from
+  the run dir, which must be on a file system every host sees.
 - A process that dies stops the others: JAX's coordination service marks a process that
   sent no heartbeat for `--peer-timeout` seconds as dead and ends every other process
   ("The following tasks are unhealthy (stopped sending heartbeats)"), rather than leaving
@@ -35,6 +37,7 @@ local processes with `XLA_FLAGS=--xla_force_host_platform_device_count=2` each t
 this on one machine (`tests/grpo/test_processes.py`).
 """
 
+import contextlib
 import os
 
 import numpy as np
@@ -196,3 +199,29 @@ def from_chief(value):
     from jax.experimental import multihost_utils
 
     return int(np.asarray(multihost_utils.broadcast_one_to_all(np.int64(value))))
+
+
+@contextlib.contextmanager
+def whole_on_every_process(variables):
+    """Inside, every variable of `variables` whose value other processes' devices hold
+    parts of is replicated on every device (so process 0 can read and save it); the
+    sharded values come back on leaving. Every process must enter it (a collective)."""
+    if process_count() == 1:
+        yield
+        return
+    import jax
+
+    swapped = []
+    for variable in variables:
+        value = getattr(variable, "_value", None)
+        sharding = getattr(value, "sharding", None)
+        if not isinstance(sharding, jax.sharding.NamedSharding) or value.is_fully_replicated:
+            continue
+        whole = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+        swapped.append((variable, value))
+        variable._value = jax.jit(lambda x: x, out_shardings=whole)(value)
+    try:
+        yield
+    finally:
+        for variable, value in swapped:
+            variable._value = value

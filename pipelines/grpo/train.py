@@ -191,10 +191,11 @@ class GRPOTrainer:
     # --- checkpoints -----------------------------------------------------------------
     def save_checkpoint(self, run_dir):
         """Process 0 writes the checkpoint (the others hold the same state)."""
-        if not processes.is_chief():
-            return None
-        return save_checkpoint(run_dir, self.step, self.causal_lm, self.optimizer,
-                               {"history": self.history})
+        with processes.whole_on_every_process(self.causal_lm.weights + self.optimizer.variables):
+            if not processes.is_chief():
+                return None
+            return save_checkpoint(run_dir, self.step, self.causal_lm, self.optimizer,
+                                   {"history": self.history})
 
     def restore(self, checkpoint):
         """Continue from a restored checkpoint (after `prepare_sampling` built the optimizer)."""
@@ -223,9 +224,10 @@ def run(config, tracking_uri=None, export=True, model_name="grpo_policy", progre
     the `history` of every step's metrics (as in history.json).
     """
     spec = parse_distribution(config.distribution)
-    if processes.initialize(config) and spec.kind == "none":  # before JAX computes anything
+    if processes.wanted(config) and spec.kind == "none":
         raise UserError(f"--processes {config.processes}: a run across processes needs a mesh "
                         "over their devices; use --distribution data or model:BxM.")
+    processes.initialize(config)  # before JAX computes anything
     distribution = build_distribution(
         spec, backbone_class(config.model) if spec.kind == "model" else None)
     chief = processes.is_chief()
@@ -305,12 +307,15 @@ def _run(config, lifecycle, spec, distribution, export, model_name, progress):
             log_plots(trainer.history, config)
             write_json_atomic(run_dir / "history.json", trainer.history)
             mlflow.log_artifact(str(run_dir / "history.json"))
-        if export and chief:
-            from pipelines.grpo.export import export_all
+        if export:
+            with processes.whole_on_every_process(trainer.causal_lm.weights):
+                if chief:
+                    from pipelines.grpo.export import export_all
 
-            exports = export_all(trainer.causal_lm, run_dir / "export", model_name)
-            exports.update(export_run_hf_dir(trainer.causal_lm, config, run_dir / "export" / "hf"))
-            mlflow.set_tags({f"export.{k}": str(v) for k, v in exports.items()})
+                    exports = export_all(trainer.causal_lm, run_dir / "export", model_name)
+                    exports.update(export_run_hf_dir(trainer.causal_lm, config,
+                                                     run_dir / "export" / "hf"))
+                    mlflow.set_tags({f"export.{k}": str(v) for k, v in exports.items()})
     last = trainer.history[-1]
     summary = lifecycle.finish(trainer.step, exports,
                                metrics={k: v for k, v in last.items() if k != "step"})

@@ -88,6 +88,35 @@ def test_processes_flag_parses_its_forms_and_refuses_others(monkeypatch):
     assert wanted(GRPOConfig())  # Keras' variables start it without flags
 
 
+def test_two_processes_share_rewards_gather_outputs_and_refuse_a_disagreement(tmp_path):
+    """The cross-process helpers on two joined processes (no model: quick)."""
+    results = run_two([sys.executable, str(PROCESS_WORKER), "helpers", str(tmp_path / "h")],
+                      timeout=300)
+    for rc, _, err in results:
+        assert rc == 0, err[-4000:]
+    r = [dict(np.load(tmp_path / f"h-{i}.npz")) for i in range(2)]
+    assert [tuple(x["share"]) for x in r] == [(0, 5), (5, 10)]  # disjoint, covering all
+    for x in r:
+        np.testing.assert_array_equal(x["summed"], np.arange(10) * 10.0)  # every row, once
+        assert int(x["chief_value"]) == 100  # process 0's
+        assert not bool(x["fully_addressable"])  # half the rows live on the other process
+        np.testing.assert_array_equal(x["gathered"], np.arange(16.0).reshape(8, 2) * 2)
+        assert "the processes disagree on the process id (0, 1" in str(x["disagreement"])
+
+
+def test_a_run_across_processes_without_a_mesh_is_refused_before_joining(
+        tmp_path, monkeypatch):
+    from pipelines.grpo.config import GRPOConfig
+    from pipelines.grpo.train import run
+
+    monkeypatch.delenv("KERAS_DISTRIBUTION_NUM_PROCESSES", raising=False)
+    with pytest.raises(UserError, match="needs a mesh over their devices; use --distribution "
+                                        "data or model:BxM"):
+        run(GRPOConfig(processes="2", process_id=0, coordinator_address="localhost:1",
+                       run_dir=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.fixture(scope="module")
 def two_process_update(tmp_path_factory):
     """One GRPO+ERA update (and greedy decoding) on the 4-device mesh, once spanned by two
@@ -140,12 +169,13 @@ TINY = ["--model", "tiny:qwen", "--task", "arithmetic", "--tiny-layers", "1",
         "--tiny-hidden-dim", "32", "--warm-start-steps", "0", "--prompts-per-step", "2",
         "--group-size", "4", "--num-eval-prompts", "4", "--eval-samples", "2",
         "--max-new-tokens", "8", "--eval-every", "2", "--checkpoint-every", "1",
-        "--no-progress", "--distribution", "data", "--peer-timeout", str(PEER_TIMEOUT)]
+        "--no-progress", "--peer-timeout", str(PEER_TIMEOUT)]
 
 
-def _cli(run_dir, tracking_uri, port, process_id, steps):
+def _cli(run_dir, tracking_uri, port, process_id, steps, form):
     """A `python -m pipelines.grpo` process of a two-process run, started with flags."""
     command = [sys.executable, "-m", "pipelines.grpo", *TINY, "--steps", str(steps),
+               "--distribution", form,
                "--run-dir", str(run_dir), "--tracking-uri", tracking_uri,
                "--processes", "2", "--process-id", str(process_id),
                "--coordinator-address", f"localhost:{port}"]
@@ -156,13 +186,14 @@ def _cli(run_dir, tracking_uri, port, process_id, steps):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("form", ["data", "model:2x2"])  # model:2x2: weights split over hosts
 def test_killed_process_stops_its_peer_then_both_resume_and_the_outputs_exist_once(
-        tmp_path, tracking_uri):
+        tmp_path, tracking_uri, form):
     import mlflow
 
     run_dir = tmp_path / "run"
     port = free_port()
-    procs = [_cli(run_dir, tracking_uri, port, i, steps=4) for i in range(2)]
+    procs = [_cli(run_dir, tracking_uri, port, i, 4, form) for i in range(2)]
     # Kill process 1 once process 0 has written the checkpoint of step 2.
     deadline = time.monotonic() + 500
     while not (run_dir / "checkpoints" / "step-0000002" / "state.json").exists():
@@ -181,7 +212,7 @@ def test_killed_process_stops_its_peer_then_both_resume_and_the_outputs_exist_on
     assert not (run_dir / "finished.json").exists()
 
     port = free_port()
-    procs = [_cli(run_dir, tracking_uri, port, i, steps=4) for i in range(2)]
+    procs = [_cli(run_dir, tracking_uri, port, i, 4, form) for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-4000:]
