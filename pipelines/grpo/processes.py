@@ -87,8 +87,9 @@ def initialize(config):
 
     if jax.distributed.is_initialized():
         return jax.process_count() > 1
-    # CPU collectives across processes (the CPU devices of local test runs) need gloo;
-    # accelerators use their own (NCCL, ICI) and ignore this setting.
+    # CPU collectives across processes (the CPU devices of local test runs) run over gloo,
+    # JAX 0.10's default; older JAX had none unless asked. Accelerators use their own
+    # (NCCL, ICI) and ignore this setting.
     if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     processes = parse_processes(config.processes)
