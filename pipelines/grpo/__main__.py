@@ -68,8 +68,9 @@ def main(argv=None):
 
     summary = run(config, tracking_uri=args.tracking_uri, export=args.export,
                   model_name=args.model_name, progress=not args.no_progress)
-    print("held-out:", {k: round(v, 4) for k, v in summary["metrics"].items()
-                        if k.startswith("eval/")})
+    if summary["run_id"] is not None:  # process 0 (the one that tracks) reports the run
+        print("held-out:", {k: round(v, 4) for k, v in summary["metrics"].items()
+                            if k.startswith("eval/")})
     return 0
 
 

@@ -154,6 +154,20 @@ class GRPOConfig:
         "none", "none | data | model:BxM (KERAS_BACKEND=jax): data parallel over every "
         "device, or weights sharded by the backbone's layout map on a (batch B, model M) "
         "mesh with B x M = the device count")
+    processes: str = option(
+        "1", "processes (hosts) of the run: 1, N (each started with its --process-id and "
+        "process 0's --coordinator-address, or Keras' KERAS_DISTRIBUTION_* variables / "
+        "JAX_COORDINATOR_ADDRESS), or auto (JAX detects SLURM, TPU pod slices, Open MPI); "
+        "KERAS_BACKEND=jax")
+    process_id: int | None = option(
+        None, "this process's id, 0 to N-1 (process 0 coordinates and alone writes MLflow, "
+        "checkpoints and exports); none: from the environment")
+    coordinator_address: str | None = option(
+        None, "host:port where process 0 serves JAX's coordinator (none: from the "
+        "environment)")
+    peer_timeout: int = option(
+        100, "seconds without a heartbeat after which a process counts as dead and every "
+        "other process stops (JAX's heartbeat timeout)")
     lora_rank: int = option(
         0, "train rank-R LoRA pairs on the attention's query/value projections only (0: full "
         "fine-tuning); the export merges them into a full preset")
@@ -280,12 +294,21 @@ class GRPOConfig:
         from pipelines.common.errors import UserError
         from pipelines.grpo.distribution import parse_distribution
         from pipelines.grpo.optim import LR_SCHEDULES
+        from pipelines.grpo.processes import parse_processes
 
         problems = []
         try:
             parse_distribution(self.distribution)
         except UserError as error:
             problems.append(str(error))
+        try:
+            parse_processes(self.processes)
+        except UserError as error:
+            problems.append(str(error))
+        if self.process_id is not None and self.process_id < 0:
+            problems.append(f"process_id must be >= 0 (got {self.process_id})")
+        if self.peer_timeout < 1:
+            problems.append(f"peer_timeout must be >= 1 second (got {self.peer_timeout})")
         if self.lora_rank < 0:
             problems.append(f"lora_rank must be >= 0 (0: full fine-tuning; got {self.lora_rank})")
         if self.dtype not in DTYPES:

@@ -17,7 +17,8 @@ the "batch" axis. A checkpoint holds plain (gathered) arrays, so a run restores 
 mesh, or none.
 
 On a CPU, `XLA_FLAGS=--xla_force_host_platform_device_count=4` (set before JAX is
-imported) gives 4 simulated devices to try this on.
+imported) gives 4 simulated devices to try this on. Across processes (`--processes`,
+`processes.py`) the devices are every process's, and the mesh spans them all.
 """
 
 import contextlib

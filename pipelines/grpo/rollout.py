@@ -24,6 +24,7 @@ from pipelines.grpo.generate import (
     stop_token_ids,
     supports_left_padded_decode,
 )
+from pipelines.grpo.processes import to_numpy
 from pipelines.grpo.step import enable_compilation_cache
 
 # Prompt widths are rounded up to a multiple of this, so a batch whose longest prompt
@@ -193,7 +194,7 @@ class RolloutGenerator:
         inputs = self.shard({"token_ids": token_ids, "padding_mask": prompt_mask})
         new_tokens, _ = self._decoders[sampler_name](
             inputs["token_ids"], inputs["padding_mask"], np.array([seed, stream], "int32"))
-        new_tokens = np.asarray(new_tokens).astype("int32")
+        new_tokens = to_numpy(new_tokens).astype("int32")
         is_stop = np.isin(new_tokens, self.stop_token_ids)
         # Up to and including the first end token.
         return new_tokens, (np.cumsum(is_stop, axis=1) - is_stop) == 0
@@ -224,8 +225,8 @@ class RolloutGenerator:
             self.shard({"token_ids": token_ids, "padding_mask": prompt_mask}),
             stop_token_ids=self.stop_token_ids,
         )
-        out_ids = np.asarray(out["token_ids"]).astype("int32")
-        response = np.asarray(out["padding_mask"]).astype(bool) & ~prompt_mask
+        out_ids = to_numpy(out["token_ids"]).astype("int32")
+        response = to_numpy(out["padding_mask"]).astype(bool) & ~prompt_mask
         # keras-hub fills the whole row, so a prompt shorter than max_prompt_tokens
         # leaves room for more: keep the first max_new_tokens.
         response &= np.cumsum(response, axis=1) <= self.max_new_tokens

@@ -17,6 +17,7 @@ import dataclasses
 import numpy as np
 
 from pipelines.grpo.loss import group_advantages
+from pipelines.grpo.processes import process_share, sum_over_processes
 from pipelines.grpo.rewards import overlong_penalty
 from pipelines.grpo.rollout import Rollout
 
@@ -57,9 +58,13 @@ class GroupSampler:
         rollout = self.generator.generate([p.prompt for p in grouped], "train",
                                           seed=c.seed * 1_000_003 + step,
                                           stream=sampling_round - 1)
-        rewards = np.array([self.reward_fns[p.reward](text, p.reference)
-                            for p, text in zip(grouped, rollout.completions)], "float32")
-        return rollout, rewards
+        # Across processes, each scores its own share of the rows and the shares are
+        # summed: every process then holds every group's rewards (see processes.py).
+        rewards = np.zeros(len(grouped), "float32")
+        share = process_share(len(grouped))
+        rewards[share] = [self.reward_fns[p.reward](text, p.reference)
+                          for p, text in zip(grouped[share], rollout.completions[share])]
+        return rollout, sum_over_processes(rewards)
 
     def sample(self, step):
         """The `GroupBatch` of `step`."""

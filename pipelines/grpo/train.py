@@ -10,7 +10,9 @@ tracking store and the run dir are checked before any training; the run dir is l
 a killed run resumes from its newest readable checkpoint (`checkpoint.py`) in the same
 MLflow run, logging each metric once per step; log, eval and checkpoint fire on interval
 triggers; the end exports the policy (`export.py`; always through TensorFlow).
-Everything runs under the configured distribution (`--distribution`).
+Everything runs under the configured distribution (`--distribution`), on one process or
+several (`--processes`, see `processes.py`): every process runs this loop; process 0
+alone writes MLflow, checkpoints and exports.
 """
 
 import pathlib
@@ -20,9 +22,11 @@ import keras
 import keras_hub
 import mlflow
 
+from pipelines.common.errors import UserError
 from pipelines.common.lifecycle import IntervalTrigger, RunLifecycle, run_name
 from pipelines.common.metrics import grouped
 from pipelines.common.run_dir import write_json_atomic
+from pipelines.grpo import processes
 from pipelines.grpo.chat import render_chat_prompts
 from pipelines.grpo.checkpoint import (
     copy_policy,
@@ -155,7 +159,7 @@ class GRPOTrainer:
             reference = load_reference(run_dir) if run_dir is not None else None
             if reference is None:
                 reference = copy_policy(self.causal_lm)
-                if run_dir is not None:
+                if run_dir is not None and processes.is_chief():
                     save_reference(run_dir, reference)
             self.policy_update.reference = reference
         if c.lora_rank:
@@ -186,9 +190,13 @@ class GRPOTrainer:
 
     # --- checkpoints -----------------------------------------------------------------
     def save_checkpoint(self, run_dir):
-        return save_checkpoint(run_dir, self.step, self.causal_lm, self.optimizer, {
-            "history": self.history,
-            "entropy_control": self.policy_update.entropy_coef.state()})
+        """Process 0 writes the checkpoint (the others hold the same state)."""
+        with processes.whole_on_every_process(self.causal_lm.weights + self.optimizer.variables):
+            if not processes.is_chief():
+                return None
+            return save_checkpoint(run_dir, self.step, self.causal_lm, self.optimizer, {
+                "history": self.history,
+                "entropy_control": self.policy_update.entropy_coef.state()})
 
     def restore(self, checkpoint):
         """Continue from a restored checkpoint (after `prepare_sampling` built the optimizer)."""
@@ -200,8 +208,9 @@ class GRPOTrainer:
 
 
 # Fields a resumed run may change: how long it trains, how often it checkpoints, and the
-# devices it runs on (checkpoints restore on any mesh).
-MAY_CHANGE = ("steps", "checkpoint_every", "distribution")
+# devices and processes it runs on (checkpoints restore on any mesh).
+MAY_CHANGE = ("steps", "checkpoint_every", "distribution", "processes", "process_id",
+              "coordinator_address", "peer_timeout")
 
 
 def default_run_name(config):
@@ -218,10 +227,15 @@ def run(config, tracking_uri=None, export=True, model_name="grpo_policy", progre
     the `history` of every step's metrics (as in history.json).
     """
     spec = parse_distribution(config.distribution)
+    if processes.wanted(config) and spec.kind == "none":
+        raise UserError(f"--processes {config.processes}: a run across processes needs a mesh "
+                        "over their devices; use --distribution data or model:BxM.")
+    processes.initialize(config)  # before JAX computes anything
     distribution = build_distribution(
         spec, backbone_class(config.model) if spec.kind == "model" else None)
+    chief = processes.is_chief()
     lifecycle = RunLifecycle(config, config.experiment, config.run_name or default_run_name(config),
-                             tracking_uri=tracking_uri, may_change=MAY_CHANGE)
+                             tracking_uri=tracking_uri, may_change=MAY_CHANGE, chief=chief)
     with lifecycle, distribution_scope(distribution):
         return _run(config, lifecycle, spec, distribution, export, model_name, progress)
 
@@ -230,12 +244,17 @@ def _run(config, lifecycle, spec, distribution, export, model_name, progress):
     from tqdm.auto import tqdm
 
     keras.utils.set_random_seed(config.seed)
+    chief = lifecycle.chief
     lifecycle.check_store()
     train_problems, eval_problems = load_problems(config)
-    resuming = lifecycle.run_dir.saved_config() is not None
+    # Process 0 decides (before it writes anything), so a peer that starts late does not
+    # take process 0's fresh claim for a run to resume.
+    resuming = bool(processes.from_chief(lifecycle.run_dir.saved_config() is not None))
     if resuming:  # refuse another run's settings before loading anything big
         lifecycle.start()
     checkpoint = restore_checkpoint(lifecycle.run_dir) if resuming else None
+    processes.check_same_on_every_process(
+        -1 if checkpoint is None else checkpoint.step, "the checkpoint step to resume from")
     causal_lm = checkpoint.causal_lm if checkpoint is not None else build_causal_lm(config)
     train_problems, eval_problems = render_chat_prompts(config, causal_lm, train_problems,
                                                         eval_problems)
@@ -253,7 +272,7 @@ def _run(config, lifecycle, spec, distribution, export, model_name, progress):
             if config.warm_start_steps:
                 history = trainer.run_warm_start(verbose="auto" if progress else 0)
                 lifecycle.log_metrics({"train/warm_start_loss": history["loss"][-1]}, step=0)
-            if config.lora_rank:
+            if config.lora_rank and chief:
                 save_lora_base(run_dir, causal_lm)
             trainer.prepare_sampling(run_dir)
             trainer.history.append({"step": 0, **trainer.evaluate()})
@@ -263,12 +282,14 @@ def _run(config, lifecycle, spec, distribution, export, model_name, progress):
             trainer.prepare_sampling(run_dir)
             trainer.restore(checkpoint)
             lifecycle.announce_resume(f"step {trainer.step}")
-            mlflow.set_tag("resumed_from_step", trainer.step)
-        # Tags, not params: a run may resume on another mesh.
-        mlflow.set_tags({f"layout.{k}": v
-                         for k, v in describe(spec, distribution, trainer.causal_lm).items()})
+            if chief:
+                mlflow.set_tag("resumed_from_step", trainer.step)
+        if chief:  # tags, not params: a run may resume on another mesh
+            layout = describe(spec, distribution, trainer.causal_lm)
+            layout["processes"] = processes.process_count()
+            mlflow.set_tags({f"layout.{k}": v for k, v in layout.items()})
         bar = tqdm(total=config.steps, initial=trainer.step, desc="GRPO" + (
-            "+ERA" if config.era else ""), unit="step", disable=not progress)
+            "+ERA" if config.era else ""), unit="step", disable=not (progress and chief))
         while trainer.step < config.steps:
             previous = trainer.step
             metrics = trainer.train_one_step()
@@ -285,15 +306,19 @@ def _run(config, lifecycle, spec, distribution, export, model_name, progress):
             if checkpoint_trigger(previous, trainer.step):
                 trainer.save_checkpoint(run_dir)
         bar.close()
-        log_plots(trainer.history, config)
-        write_json_atomic(run_dir / "history.json", trainer.history)
-        mlflow.log_artifact(str(run_dir / "history.json"))
+        if chief:
+            log_plots(trainer.history, config)
+            write_json_atomic(run_dir / "history.json", trainer.history)
+            mlflow.log_artifact(str(run_dir / "history.json"))
         if export:
-            from pipelines.grpo.export import export_all
+            with processes.whole_on_every_process(trainer.causal_lm.weights):
+                if chief:
+                    from pipelines.grpo.export import export_all
 
-            exports = export_all(trainer.causal_lm, run_dir / "export", model_name)
-            exports.update(export_run_hf_dir(trainer.causal_lm, config, run_dir / "export" / "hf"))
-            mlflow.set_tags({f"export.{k}": str(v) for k, v in exports.items()})
+                    exports = export_all(trainer.causal_lm, run_dir / "export", model_name)
+                    exports.update(export_run_hf_dir(trainer.causal_lm, config,
+                                                     run_dir / "export" / "hf"))
+                    mlflow.set_tags({f"export.{k}": str(v) for k, v in exports.items()})
     last = trainer.history[-1]
     summary = lifecycle.finish(trainer.step, exports,
                                metrics={k: v for k, v in last.items() if k != "step"})

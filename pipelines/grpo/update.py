@@ -28,6 +28,7 @@ from pipelines.grpo.loss import (
     next_token_targets,
     vanilla_era,
 )
+from pipelines.grpo.processes import to_numpy
 from pipelines.grpo.step import make_train_step
 
 
@@ -50,9 +51,9 @@ def merge_infos(infos):
     accumulated gradient is), per-response arrays concatenated."""
     extra = {}
     for key in infos[0].extra:
-        values = [ops.convert_to_numpy(info.extra[key]) for info in infos]
+        values = [to_numpy(info.extra[key]) for info in infos]
         extra[key] = np.concatenate(values) if values[0].ndim else np.mean(values)
-    loss = np.mean([ops.convert_to_numpy(info.loss) for info in infos])
+    loss = np.mean([to_numpy(info.loss) for info in infos])
     return GRPOLossInfo(loss, extra)
 
 
@@ -130,14 +131,14 @@ class PolicyUpdate:
         if c.updates_per_rollout > 1:
             logits, tokens, mask = self.outputs(self.causal_lm, sharded)
             decision = self.era((logits, tokens, sharded["advantages"], mask))
-            old = ops.convert_to_numpy(decision["log_probs"])
-            batch.update({key: ops.convert_to_numpy(decision[name]) for key, name in (
+            old = to_numpy(decision["log_probs"])
+            batch.update({key: to_numpy(decision[name]) for key, name in (
                 ("logit_scale", "logit_scale"), ("era_advantages", "advantages"),
                 ("response_entropy", "response_entropy"))})
             sharded = shard_batch(self.distribution, batch)
         if self.reference is not None:
             logits, tokens, _ = self.outputs(self.reference, sharded)
-            ref = ops.convert_to_numpy(
+            ref = to_numpy(
                 era_keras.token_log_probs(logits, tokens, temperature=c.temperature))
         pieces = c.grad_accum_steps
         size = len(rollout.token_ids) // pieces

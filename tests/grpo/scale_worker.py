@@ -66,7 +66,9 @@ def trainer_for(form, **overrides):
 
 
 def weights(causal_lm):
-    return {f"w/{v.path}": np.asarray(v.value) for v in causal_lm.weights}
+    from pipelines.grpo.processes import to_numpy
+
+    return {f"w/{v.path}": to_numpy(v.value) for v in causal_lm.weights}
 
 
 def optimizer_state(optimizer):

@@ -77,7 +77,9 @@ def test_a_few_grpo_era_steps_end_to_end(tmp_path, tracking_uri, parity_reward):
 
     # The run dir now belongs to this run: other settings are refused, naming them.
     with pytest.raises(UserError, match=r"learning_rate: 3e-05 -> 0\.001.*only "
-                                        r"checkpoint_every, distribution, steps may change"):
+                                        r"checkpoint_every, coordinator_address, distribution, "
+                                        r"peer_timeout, process_id, processes, steps may "
+                                        r"change"):
         run(dataclasses.replace(config, learning_rate=1e-3), tracking_uri=tracking_uri,
             progress=False)
     with pytest.raises(UserError, match="has already finished"):
