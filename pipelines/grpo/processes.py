@@ -23,8 +23,8 @@ How the work is split, and why:
   advantages and metrics.
 - Only process 0 writes: the MLflow run, the run dir's claim and lock, checkpoints and
   exports (`is_chief`). Weights split across processes (`model:BxM` with B spanning
-  hosts) are first made whole on every device for the write (`whole_on_every_process`):
-  for that moment each device holds the whole model, as under `data`. Every process
+  hosts) are first gathered whole into host memory, one variable at a time, for the
+  write (`whole_on_every_process`), so no device ever holds the whole model. Every process
   reads the checkpoint process 0 chose on resume (`check_same_on_every_process`), from
   the run dir, which must be on a file system every host sees.
 - A process that dies stops the others: JAX's coordination service marks a process that
@@ -205,22 +205,26 @@ def from_chief(value):
 @contextlib.contextmanager
 def whole_on_every_process(variables):
     """Inside, every variable of `variables` whose value other processes' devices hold
-    parts of is replicated on every device (so process 0 can read and save it); the
-    sharded values come back on leaving. Every process must enter it (a collective)."""
+    parts of is a whole numpy array in host memory (so process 0 can read and save it);
+    the sharded values come back on leaving. Every process must enter it (a collective).
+
+    One variable at a time is gathered (`process_allgather`), so a device holds at most
+    one whole variable beyond its share: a 7B model split over hosts is never whole on
+    a device, only in each host's memory."""
     if process_count() == 1:
         yield
         return
     import jax
+    from jax.experimental import multihost_utils
 
     swapped = []
     for variable in variables:
         value = getattr(variable, "_value", None)
-        sharding = getattr(value, "sharding", None)
-        if not isinstance(sharding, jax.sharding.NamedSharding) or value.is_fully_replicated:
+        if (not isinstance(value, jax.Array) or value.is_fully_addressable
+                or value.is_fully_replicated):  # process 0 reads these as they are
             continue
-        whole = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
         swapped.append((variable, value))
-        variable._value = jax.jit(lambda x: x, out_shardings=whole)(value)
+        variable._value = multihost_utils.process_allgather(value, tiled=True)
     try:
         yield
     finally:
