@@ -19,7 +19,7 @@ import keras
 from keras import ops
 
 from era_keras.arguments import flag, real
-from era_keras.topk import check_top_k, kth_largest
+from era_keras.topk import check_top_k, top_k_positions
 
 
 def token_entropy(logits, temperature=1.0):
@@ -108,8 +108,8 @@ def token_log_probs(logits, tokens, logit_scale=None, temperature=1.0, top_k=Non
     logits equal to it stay), so a token outside them gets a very low log-prob, not -inf.
 
     Only the log-sum-exp runs over the vocabulary; the token's own logit is gathered
-    first, so no (batch, time, vocab) log-softmax is written out. The k-th largest logit
-    comes from `era_keras.topk.kth_largest`, which needs no sort.
+    first, so no (batch, time, vocab) log-softmax is written out. With `top_k` not even
+    that: see `_top_k_log_total`.
     """
     if top_k is not None:
         check_top_k(top_k, logits.shape[-1])
@@ -122,14 +122,49 @@ def token_log_probs(logits, tokens, logit_scale=None, temperature=1.0, top_k=Non
         return x
 
     x, x_picked = scaled(logits), scaled(picked)
-    if top_k is not None:
-        kth = ops.stop_gradient(kth_largest(x, int(top_k)))[..., None]
-        x = ops.where(x >= kth, x, x - 1e4)
+    if top_k is None:
+        # log_softmax(x)[token] = (x[token] - m) - log sum exp(x - m), m = max x.
+        top = ops.stop_gradient(ops.max(x, axis=-1, keepdims=True))
+        log_total = ops.log(ops.sum(ops.exp(x - top), axis=-1, keepdims=True))
+    else:
+        top, kth, log_total = _top_k_log_total(x, int(top_k))
         x_picked = ops.where(x_picked >= kth, x_picked, x_picked - 1e4)
-    # log_softmax(x)[token] = (x[token] - m) - log sum exp(x - m), m = max x.
-    top = ops.stop_gradient(ops.max(x, axis=-1, keepdims=True))
-    log_total = ops.log(ops.sum(ops.exp(x - top), axis=-1, keepdims=True))
     return ops.squeeze((x_picked - top) - log_total, axis=-1)
+
+
+def _top_k_log_total(x, k):
+    """(m, kth, log sum_i exp(x'_i - m)) over the last axis, each keeping it as size 1,
+    where x' lowers every entry below the k-th largest (kth) by 1e4 and m = max x.
+
+    A lowered entry adds exp(x_i - 1e4 - m) <= exp(-1e4), which is 0 in float32, so the
+    sum runs over the entries >= kth alone: the k found by `top_k_positions` (gathered,
+    so their gradient flows through the gather), plus any other entry equal to kth (a
+    tie), each adding exp(kth - m). Only comparisons touch the whole vocabulary; no
+    exponential of it is taken, forward or backward.
+    """
+    size = x.shape[-1]
+    rows = ops.reshape(x, (-1, size))
+    chosen = ops.take_along_axis(
+        rows, top_k_positions(ops.stop_gradient(rows), k), axis=-1)  # (rows, k)
+    top = ops.stop_gradient(ops.max(chosen, axis=-1, keepdims=True))
+    kth = ops.stop_gradient(ops.min(chosen, axis=-1, keepdims=True))
+    # Ties with kth beyond the chosen k: every entry equal to kth, less the chosen ones.
+    ties = _tie_count(rows, kth) - _tie_count(chosen, kth)
+    total = ops.sum(ops.exp(chosen - top), axis=-1, keepdims=True)
+    # With kth = -inf (fewer than k finite logits) the ties add exp(-inf) = 0.
+    total = total + ties * ops.exp(kth - top)
+    shape = tuple(ops.shape(x)[:-1]) + (1,)
+    return (ops.reshape(top, shape), ops.reshape(kth, shape),
+            ops.reshape(ops.log(total), shape))
+
+
+def _tie_count(values, kth):
+    """How many of `values` equal kth (per row, kept as size 1), written as a sum of
+    1 + (v - kth), which is 1 for a tie but has gradient 1 with respect to it: so
+    `count * exp(kth - m)` has the value and the gradient of the ties' sum of exp(v - m)."""
+    difference = ops.where(ops.isfinite(kth), values - kth, 0.0)  # inf - inf is no tie's
+    tied = ops.where(values == kth, 1.0 + difference, 0.0)
+    return ops.sum(tied, axis=-1, keepdims=True)
 
 
 @keras.saving.register_keras_serializable(package="era_keras")
