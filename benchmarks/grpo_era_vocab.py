@@ -138,10 +138,12 @@ def run_backend(args):
         for _ in range(2):  # compile and warm up
             update(rollout, advantages)
 
+    clock = common.clock(args.clock)
+
     def timed(update):
-        start = time.perf_counter()
+        start = clock()
         update(rollout, advantages)  # returns numpy values: the step has finished
-        return time.perf_counter() - start
+        return clock() - start
 
     times = common.interleave({name: lambda u=u: timed(u) for name, u in updates.items()},
                               args.rounds, order="alternate", progress=False)
@@ -205,6 +207,7 @@ def main():
     parser.add_argument("--response-tokens", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--backends", default="tensorflow,jax")
+    common.add_clock_argument(parser)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -169,7 +169,7 @@ def token_loss_case(rng, batch, length, vocab):
     return f"GRPO token loss V={vocab}", f"{batch}x{length} tokens", variants
 
 
-def time_interleaved(variants, repeats):
+def time_interleaved(variants, repeats, clock=time.perf_counter):
     import numpy as np
 
     compiled = {name: compile_value_and_grad(fn) for name, (fn, _) in variants.items()}
@@ -179,9 +179,9 @@ def time_interleaved(variants, repeats):
 
     def timed(name):
         args = variants[name][1]
-        start = time.perf_counter()
+        start = clock()
         block(compiled[name](*args))
-        return time.perf_counter() - start
+        return clock() - start
 
     times = common.interleave({name: lambda name=name: timed(name) for name in variants},
                               repeats, progress=False)
@@ -254,7 +254,7 @@ def run_backend(args):
     for case, size, variants in head_cases():
         if args.cases and not any(part in case for part in args.cases.split(",")):
             continue
-        rows = summarise(time_interleaved(variants, args.repeats))
+        rows = summarise(time_interleaved(variants, args.repeats, common.clock(args.clock)))
         results["heads"].append({"case": case, "size": size, "rows": rows})
     if args.resnet_batch:
         results["resnet"] = {
@@ -313,6 +313,7 @@ def main():
     parser.add_argument("--resnet-batch", type=int, default=16, help="0 skips the ResNet-50 step")
     parser.add_argument("--resnet-repeats", type=int, default=8)
     parser.add_argument("--backends", default="tensorflow,jax")
+    common.add_clock_argument(parser)
     parser.add_argument("--cases", default="",
                         help="comma-separated parts of case names to run (default: all)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
