@@ -189,7 +189,7 @@ def format_backend(res, layers):
     lines += [
         "",
         f"FLOP model: 6 x N x {tokens} tokens at {rate / 1e9:.1f} GFLOP/s. This model "
-        f"(N = {res['matmul_weights'] / 1e6:.0f}M): {small_predicted:.2f} s predicted, "
+        f"(N = {res['weights'] / 1e6:.0f}M): {small_predicted:.2f} s predicted, "
         f"{np.median(base):.2f} s measured (GRPO). Qwen2.5-Math-7B "
         f"(N = {MATMUL_WEIGHTS_7B / 1e9:.2f}e9): {step_7b:.1f} s for the same tokens, "
         "the denominator of the share (ERA's extra / (7B step + extra)).",
