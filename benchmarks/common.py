@@ -28,6 +28,10 @@ The API, all of it:
 - `interleave(variants, rounds, order="fixed"|"alternate"|"shuffle", seed=0)`: call each
   `variants[name]()` once per round, round after round, so that load from other processes
   hits all variants alike; returns `{name: [value per round]}`.
+- `add_clock_argument(parser)`, `clock(name)`: `--clock wall|cpu` and its timer. Wall time
+  (`time.perf_counter`) is what a user waits; CPU time (`time.process_time`, every thread
+  of the process) is what the work costs, and stays put while other processes share the
+  core, so use it on a busy machine (the results file's command records which).
 - `quartiles(values)`: (25%, median, 75%). `mean_sd(values)`: mean and sample standard
   deviation (0 for one value). `format_mean_sd(values, digits=3, scale=1)`: "m ± s".
 - `command()`: the command line that ran this script, as it goes in a results file.
@@ -45,6 +49,7 @@ import pathlib
 import shlex
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -120,6 +125,17 @@ def interleave(variants, rounds, order="fixed", seed=0, progress=True):
         if progress:
             print(f"round {round_index + 1}/{rounds} done", flush=True)
     return results
+
+
+def add_clock_argument(parser):
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: elapsed time; cpu: this process's CPU time (all threads), "
+                             "steadier on a shared machine")
+
+
+def clock(name):
+    """The timer `--clock name` asks for: time.perf_counter (wall) or time.process_time (cpu)."""
+    return {"wall": time.perf_counter, "cpu": time.process_time}[name]
 
 
 def quartiles(values):

@@ -19,7 +19,7 @@ import keras
 from keras import ops
 
 from era_keras.arguments import flag, real
-from era_keras.topk import check_top_k, kth_largest
+from era_keras.topk import check_top_k, top_k_positions
 
 
 def token_entropy(logits, temperature=1.0):
@@ -108,28 +108,66 @@ def token_log_probs(logits, tokens, logit_scale=None, temperature=1.0, top_k=Non
     logits equal to it stay), so a token outside them gets a very low log-prob, not -inf.
 
     Only the log-sum-exp runs over the vocabulary; the token's own logit is gathered
-    first, so no (batch, time, vocab) log-softmax is written out. The k-th largest logit
-    comes from `era_keras.topk.kth_largest`, which needs no sort.
+    first, so no (batch, time, vocab) log-softmax is written out. With `top_k` not even
+    that: see `_top_k_log_total`.
     """
     if top_k is not None:
         check_top_k(top_k, logits.shape[-1])
     picked = ops.take_along_axis(logits, ops.cast(tokens, "int32")[..., None], axis=-1)
-
-    def scaled(z):
-        x = ops.cast(z, "float32") / temperature
-        if logit_scale is not None:
-            x = x * ops.cast(logit_scale, "float32")[..., None]
-        return x
-
-    x, x_picked = scaled(logits), scaled(picked)
-    if top_k is not None:
-        kth = ops.stop_gradient(kth_largest(x, int(top_k)))[..., None]
-        x = ops.where(x >= kth, x, x - 1e4)
-        x_picked = ops.where(x_picked >= kth, x_picked, x_picked - 1e4)
-    # log_softmax(x)[token] = (x[token] - m) - log sum exp(x - m), m = max x.
-    top = ops.stop_gradient(ops.max(x, axis=-1, keepdims=True))
-    log_total = ops.log(ops.sum(ops.exp(x - top), axis=-1, keepdims=True))
+    # x = factor * logits: the scale and temperature, one positive factor per token.
+    factor = ops.ones(ops.shape(picked)) / temperature
+    if logit_scale is not None:
+        factor = factor * ops.cast(logit_scale, "float32")[..., None]
+    x_picked = factor * ops.cast(picked, "float32")
+    if top_k is None:
+        # log_softmax(x)[token] = (x[token] - m) - log sum exp(x - m), m = max x.
+        x = factor * ops.cast(logits, "float32")
+        top = ops.stop_gradient(ops.max(x, axis=-1, keepdims=True))
+        log_total = ops.log(ops.sum(ops.exp(x - top), axis=-1, keepdims=True))
+    else:
+        top, kth, log_total = _top_k_log_total(logits, factor, int(top_k))
+        x_picked = ops.where(ops.cast(picked, "float32") >= kth, x_picked, x_picked - 1e4)
     return ops.squeeze((x_picked - top) - log_total, axis=-1)
+
+
+def _top_k_log_total(logits, factor, k):
+    """(m, kth, log sum_i exp(x'_i - m)) over the last axis, each keeping it as size 1,
+    for x = factor * logits: kth is the k-th largest logit (unscaled), x' lowers x_i by
+    1e4 wherever logit_i < kth, and m = max x.
+
+    The positive factor keeps the logits' order, so the k largest logits are the k
+    largest entries of x, found once on the logits themselves. A lowered entry adds
+    exp(x_i - 1e4 - m) <= exp(-1e4), which is 0 in float32, so the sum runs over the
+    entries with logit >= kth alone: the k found by `top_k_positions` (gathered, so their
+    gradient flows through the gather), plus any other logit equal to kth (a tie), each
+    adding exp(factor * kth - m). Only comparisons touch the whole vocabulary; no
+    exponential of it is taken, forward or backward, and no scaled copy is written.
+    """
+    size = logits.shape[-1]
+    rows = ops.reshape(ops.cast(logits, "float32"), (-1, size))
+    factor = ops.reshape(factor, (-1, 1))
+    chosen = ops.take_along_axis(
+        rows, top_k_positions(ops.stop_gradient(rows), k), axis=-1)  # (rows, k)
+    kth = ops.stop_gradient(ops.min(chosen, axis=-1, keepdims=True))
+    top = ops.stop_gradient(factor * ops.max(chosen, axis=-1, keepdims=True))
+    # Ties with kth beyond the chosen k: every logit equal to kth, less the chosen ones.
+    ties = _tie_count(rows, kth, factor) - _tie_count(chosen, kth, factor)
+    total = ops.sum(ops.exp(factor * chosen - top), axis=-1, keepdims=True)
+    # With kth = -inf (fewer than k finite logits) the ties add exp(-inf) = 0.
+    total = total + ties * ops.exp(factor * kth - top)
+    shape = tuple(ops.shape(logits)[:-1]) + (1,)
+    return (ops.reshape(top, shape), ops.reshape(kth, shape),
+            ops.reshape(ops.log(total), shape))
+
+
+def _tie_count(values, kth, factor):
+    """How many of `values` equal kth (per row, kept as size 1), written as a sum of
+    1 + factor * (v - kth), which is 1 for a tie but has gradient `factor` with respect
+    to it: so `count * exp(factor * kth - m)` has the value and the gradient of the ties'
+    sum of exp(factor * v - m)."""
+    difference = ops.where(ops.isfinite(kth), values - kth, 0.0)  # inf - inf is no tie's
+    tied = ops.where(values == kth, 1.0 + factor * difference, 0.0)
+    return ops.sum(tied, axis=-1, keepdims=True)
 
 
 @keras.saving.register_keras_serializable(package="era_keras")

@@ -6,7 +6,7 @@ import pytest
 from scipy.special import log_softmax
 
 import era_keras
-from tests.era_keras.backend_utils import to_numpy
+from tests.era_keras.backend_utils import to_numpy, value_and_grad
 
 
 def token_entropy64(logits, temperature=1.0):
@@ -97,6 +97,45 @@ def test_token_log_probs_apply_scale_temperature_and_top_k():
     expected_top = logits.max(-1) - np.log(np.exp(top5).sum(-1))
     got_top = to_numpy(era_keras.token_log_probs(logits, tokens, top_k=5))
     np.testing.assert_allclose(got_top, expected_top, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "infinite"])
+def test_top_k_log_probs_and_their_gradient_are_the_renormalised_softmax(kind):
+    """Against log_softmax in float64 of the logits with every entry below the k-th
+    largest lowered by 1e4 (ties with it kept), value and gradient, at a vocabulary
+    large enough for the sort-free top-k's pruning (3,000 > 2 * k * 8)."""
+    rng = np.random.default_rng(4)
+    vocab, top_k, temperature = 3000, 20, 0.7
+    logits = rng.standard_normal((2, 3, vocab)).astype(np.float32) * 3
+    if kind == "ties":  # the 20th largest value occurs many times
+        logits = np.round(logits).astype(np.float32)
+    elif kind == "infinite":  # a row with fewer than top_k finite logits
+        logits[..., ::2] = -np.inf
+        logits[0, 0, : vocab - 6] = -np.inf
+    scale = np.array([[2.0, 1.0, 0.5], [1.0, 1.0, 2.0]], np.float32)
+    # Tokens in and out of the top k (a finite one in the row with few finite logits).
+    tokens = np.array([[vocab - 1, 0, 1], [int(logits[1, 0].argmax()), 7, 2]])
+    if kind == "infinite":
+        tokens[:, 1:] = tokens[:, 1:] | 1  # odd positions: finite logits
+    weights = np.arange(1.0, 7.0).reshape(2, 3).astype(np.float32)
+
+    x = logits.astype(np.float64) * scale[..., None] / temperature
+    kth = -np.sort(-x, axis=-1)[..., top_k - 1 : top_k]
+    lowered = np.where(x >= kth, x, x - 1e4)
+    log_p = log_softmax(lowered, axis=-1)
+    expected = np.take_along_axis(log_p, tokens[..., None], -1)[..., 0]
+    one_hot = np.eye(vocab)[tokens]
+    softmax = np.where(np.isfinite(x), np.exp(log_p), 0.0)
+    expected_grad = weights[..., None] * (one_hot - softmax) * scale[..., None] / temperature
+
+    def weighted(z):
+        return keras.ops.multiply(
+            era_keras.token_log_probs(z, tokens, scale, temperature, top_k), weights)
+
+    got, grad = value_and_grad(weighted, logits)
+    # float32 carries ~1e-7 of each term, and a lowered token's log-prob is ~ -1e4.
+    np.testing.assert_allclose(got / weights, expected, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-6)
 
 
 def test_layer_returns_consistent_log_probs_advantages_and_entropy():
