@@ -266,3 +266,41 @@ def load_environment(env_id, seed=0, action_repeat=1, time_limit=0):
     if time_limit:
         env = wrappers.TimeLimit(env, int(time_limit))
     return env
+
+
+class FlatSteps:
+    """Several PyEnvironments stepped together, their time steps as four flat arrays.
+
+    What `TFPyEnvironment(BatchedPyEnvironment(envs))` does for the training loop, without
+    its per-step nest work (the batching, `nest.map_structure` over every time step, the
+    flatten / repack around `tf.numpy_function`), which cost about twice the MuJoCo step:
+    `step` applies one action per environment (each PyEnvironment resets itself after its
+    LAST step, as before) and returns `(step_type, reward, discount, observation)`, each
+    with a leading dimension of one row per environment. The environments are reset on
+    the first call to `current` or `step`, as TFPyEnvironment does.
+    """
+
+    def __init__(self, py_envs):
+        self.envs = list(py_envs)
+        self._current = None
+
+    def _flat(self, time_steps):
+        # Fresh arrays every step: the tensors made from them may share their memory.
+        self._current = (
+            np.array([step.step_type for step in time_steps], np.int32),
+            np.array([step.reward for step in time_steps], np.float32),
+            np.array([step.discount for step in time_steps], np.float32),
+            np.stack([step.observation for step in time_steps]).astype(np.float32, copy=False),
+        )
+        return self._current
+
+    def current(self):
+        """The current time steps (after a reset of every env on the first call)."""
+        if self._current is None:
+            self._flat([env.reset() for env in self.envs])
+        return self._current
+
+    def step(self, actions):
+        """Steps env i with `actions[i]`; returns the new time steps as flat arrays."""
+        self.current()
+        return self._flat([env.step(action) for env, action in zip(self.envs, actions)])

@@ -3,8 +3,8 @@
 One *iteration* steps every environment once (up to `num_envs` transitions into the
 replay) and then runs `updates_per_step` gradient steps per stored transition, so the
 ratio of updates to environment steps does not depend on `num_envs`. `run(env_steps)`
-does many iterations in ONE tf.function call: the policy, the environment step (a
-`tf.numpy_function` inside TFPyEnvironment, the only Python per step), the replay write,
+does many iterations in ONE tf.function call: the policy, the environment step (one
+`tf.numpy_function` into `envs.FlatSteps`, the only Python per step), the replay write,
 the episode metrics and the updates all stay in the graph, and Python sees the loop only
 between chunks (logging, evaluation, checkpoints).
 
@@ -17,7 +17,10 @@ Python, no tf.data iterator and no graph-executor hop sits between two updates
 
 import tensorflow as tf
 from tf_agents.policies import random_tf_policy
+from tf_agents.trajectories import time_step as ts
 from tf_agents.trajectories import trajectory
+
+from pipelines.sac.envs import FlatSteps
 
 # Env steps per compiled call at most: long enough that Python's share is negligible,
 # short enough that the progress bar moves.
@@ -43,14 +46,16 @@ def next_chunk(env_step, config):
 
 
 class CollectAndUpdate:
-    """Compiled collect + update steps over a batched TFPyEnvironment.
+    """Compiled collect + update steps over a batched TFPyEnvironment's environments.
 
     An env step is one stored transition. The step that only resets an environment
     (after its episode's LAST time step) stores nothing, so it counts as no env step
     and earns no update, as in TF-Agents' step drivers.
 
     Args:
-        env: a TFPyEnvironment; its batch size is the number of environments.
+        env: a TFPyEnvironment over a BatchedPyEnvironment (its batch size is the number
+            of environments). The loop steps the PyEnvironments inside it directly
+            (`envs.FlatSteps`), so nothing else may step `env` once the loop has.
         agent: an initialized TF-Agents SAC agent (`agent.train` on `[batch]` Transitions).
         replay: a `replay.TransitionReplay`.
         observers: TF-Agents metrics fed with every collected trajectory (batched like env).
@@ -63,6 +68,9 @@ class CollectAndUpdate:
     def __init__(self, env, agent, replay, observers, env_step, batch_size, updates_per_step,
                  jit_compile=True):
         self.env = env
+        self.steps = FlatSteps(env.pyenv.envs)
+        self._time_step_spec = env.time_step_spec()
+        self._batch_size = env.batch_size
         self.agent = agent
         self.replay = replay
         self.observers = list(observers)
@@ -103,12 +111,30 @@ class CollectAndUpdate:
         Returns the next time step and how many transitions were stored.
         """
         action_step = policy.action(time_step)
-        next_time_step = self.env.step(action_step.action)
+        next_time_step = self._env_step(action_step.action)
         stored = self.replay.add(time_step, action_step.action, next_time_step)
         experience = trajectory.from_transition(time_step, action_step, next_time_step)
         for observer in self.observers:
             observer(experience)
         return next_time_step, stored
+
+    def _time_step(self, flat):
+        """A batched TimeStep from FlatSteps' four arrays (shapes restored for the graph)."""
+        spec = self._time_step_spec
+        shaped = [tf.ensure_shape(tensor, [self._batch_size, *field.shape])
+                  for tensor, field in zip(flat, (spec.step_type, spec.reward, spec.discount,
+                                                  spec.observation))]
+        return ts.TimeStep(*shaped)
+
+    def _env_current(self):
+        flat = tf.numpy_function(self.steps.current, [], _FLAT_DTYPES, stateful=True,
+                                 name="current_time_step")
+        return self._time_step(flat)
+
+    def _env_step(self, action):
+        flat = tf.numpy_function(self.steps.step, [action], _FLAT_DTYPES, stateful=True,
+                                 name="env_step")
+        return self._time_step(flat)
 
     def _update(self):
         """One gradient step: a uniform replay sample, then the agent's own train step."""
@@ -138,7 +164,7 @@ class CollectAndUpdate:
 
     def _loop(self, policy, env_steps, update):
         loss_info = self._zero_loss_info() if update else ()
-        time_step = self.env.current_time_step()
+        time_step = self._env_current()
         done = tf.constant(0, tf.int64)
         while done < env_steps:
             time_step, stored = self._step_environments(policy, time_step)
@@ -147,6 +173,10 @@ class CollectAndUpdate:
             if update:
                 loss_info = self._train(stored * self.updates_per_step)
         return loss_info
+
+
+# step_type, reward, discount, observation (flat float32 for every loaded environment).
+_FLAT_DTYPES = (tf.int32, tf.float32, tf.float32, tf.float32)
 
 
 def _zeros_like(spec):

@@ -129,3 +129,46 @@ def test_checkpoint_restores_the_replay_exactly(tmp_path):
 def test_num_envs_must_be_positive(tmp_path, num_envs):
     with pytest.raises(ValueError, match="num_envs must be >= 1"):
         SacConfig(num_envs=num_envs)
+
+
+def test_stored_transitions_are_what_tf_agents_batched_environment_returns(tmp_path):
+    """The loop steps its envs through `envs.FlatSteps`; replaying the stored actions on
+    the same envs stepped the TF-Agents way (TFPyEnvironment over BatchedPyEnvironment,
+    what the loop used before) must give exactly the stored observations, rewards and
+    discounts: MuJoCo is deterministic for a given seed. A 4-step time limit puts episode
+    ends (and the unstored reset steps) among the 30 policy steps."""
+    from tf_agents.environments import batched_py_environment, tf_py_environment
+
+    from pipelines.sac import envs
+
+    config = SacConfig(env="HalfCheetah-v5", seed=3, run_dir=str(tmp_path / "run"),
+                       num_envs=2, buffer_size=1000, time_limit=4, updates_per_step=1,
+                       **TINY)
+    run = SacRun(config)
+    run.loop.run(30)  # the collect policy with updates: each action from the current actor
+    stored = run.replay.stored()
+    actions = stored.action_step.action.numpy()
+    observations, next_observations, rewards, discounts = stored_rows(run)
+    assert len(actions) == int(run.env_step.numpy()) >= 30
+
+    reference = tf_py_environment.TFPyEnvironment(batched_py_environment.BatchedPyEnvironment(
+        [envs.load_environment(config.env, config.seed + i, time_limit=4) for i in range(2)],
+        multithreading=False))
+    time_step = reference.current_time_step()
+    row, resets = 0, 0
+    while row < len(actions):
+        stepping = ~time_step.is_last().numpy()  # a LAST step is followed by a reset
+        resets += int((~stepping).sum())
+        batch = np.zeros((2, actions.shape[1]), np.float32)
+        batch[stepping] = actions[row:row + stepping.sum()]
+        next_time_step = reference.step(batch)
+        for env in np.flatnonzero(stepping):
+            np.testing.assert_array_equal(observations[row], time_step.observation[env])
+            np.testing.assert_array_equal(next_observations[row],
+                                          next_time_step.observation[env])
+            assert rewards[row] == next_time_step.reward[env]
+            assert discounts[row] == next_time_step.discount[env]
+            row += 1
+        time_step = next_time_step
+    assert row == int(run.replay.added.numpy())
+    assert resets >= 6  # episode ends were crossed: 30 steps of 4-step episodes in 2 envs
