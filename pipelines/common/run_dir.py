@@ -73,6 +73,30 @@ def _jsonable(config):
     return json.loads(json.dumps(values, default=str))
 
 
+def _in_current_terms(saved, config):
+    """A saved config as this version of its class would have written it: renamed fields
+    (`RENAMED_FIELDS`) under their new names, and fields added since at their defaults,
+    so that upgrading era-keras does not stop a run from resuming."""
+    import dataclasses
+
+    saved = dict(saved)
+    for old, new in getattr(type(config), "RENAMED_FIELDS", {}).items():
+        if old in saved and new not in saved:
+            saved[new] = saved.pop(old)
+    if dataclasses.is_dataclass(config):
+        for field in dataclasses.fields(config):
+            if field.name in saved:
+                continue
+            if field.default is not dataclasses.MISSING:
+                default = field.default
+            elif field.default_factory is not dataclasses.MISSING:
+                default = field.default_factory()
+            else:
+                continue
+            saved[field.name] = json.loads(json.dumps(default, default=str))
+    return saved
+
+
 class RunDir:
     """One run's directory: claim it for a config, resume it, mark it finished."""
 
@@ -112,6 +136,7 @@ class RunDir:
         if saved is None:
             return {}
         current = _jsonable(config)
+        saved = _in_current_terms(saved, config)
         return {
             key: (saved.get(key), current.get(key))
             for key in sorted(set(saved) | set(current))

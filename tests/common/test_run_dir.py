@@ -44,6 +44,27 @@ def test_fields_that_may_change_do_not_block_a_resume(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["total_steps"] == 5000
 
 
+@dataclasses.dataclass
+class LaterSettings:
+    """Settings as a later release has them: `lr` renamed, `clip` added."""
+    RENAMED_FIELDS = {"lr": "learning_rate"}  # not a field (no annotation)
+    env: str = "Pendulum-v1"
+    learning_rate: float = 3e-4
+    sizes: tuple = (64, 64)
+    total_steps: int = 1000
+    clip: float = 1.0
+
+
+def test_a_run_claimed_by_an_older_release_resumes_with_new_fields_at_their_defaults(
+        tmp_path):
+    RunDir(tmp_path / "run").claim(Settings(lr=1e-3))
+    assert RunDir(tmp_path / "run").differences(LaterSettings(learning_rate=1e-3)) == {}
+    # A new field away from its default, or the renamed one changed, is a change as ever.
+    changed = RunDir(tmp_path / "run").differences(LaterSettings(clip=0.2))
+    assert changed == {"clip": (1.0, 0.2), "learning_rate": (1e-3, 3e-4)}
+    assert RunDir(tmp_path / "run").claim(LaterSettings(learning_rate=1e-3)) is True
+
+
 def test_a_finished_run_is_refused_unless_its_budget_grows(tmp_path):
     run = RunDir(tmp_path / "run")
     run.claim(Settings())
