@@ -38,8 +38,6 @@ read back. `--smoke` runs one seed for 2 steps after a 20-step warm start, into
 
 import json
 import pathlib
-import subprocess
-import sys
 import time
 
 import common
@@ -120,25 +118,12 @@ def token_entropy_of(preset, s):
 
 
 def run_arm(work, arm, seed, preset, warm, s, tracking_uri):
-    run_dir = work / s["regime"] / arm / f"seed{seed}"
-    if not (run_dir / "finished.json").exists():
-        flags = [f.format(token_entropy=f"{warm['token_entropy_mean']:.6f}")
-                 for f in s["arms"][arm]]
-        command = [sys.executable, "-m", "pipelines.grpo", "--model", str(preset),
-                   *grpo_collapse.base_config_args(s), "--warm-start-steps", "0",
-                   "--steps", str(s["steps"]), "--eval-every", str(s["eval_every"]),
-                   "--checkpoint-every", str(s["checkpoint_every"]),
-                   "--learning-rate", str(s["learning_rate"]),
-                   "--updates-per-rollout", str(s["updates_per_rollout"]),
-                   "--era-k", str(s["era_k"]), "--omega-low", f"{warm['omega_low']:.6f}",
-                   "--omega-high", f"{warm['omega_high']:.6f}", "--seed", str(seed),
-                   *flags, "--run-dir", str(run_dir), "--experiment", "entropy_control",
-                   "--run-name", f"entropy_control {arm} seed {seed}",
-                   "--tracking-uri", tracking_uri, "--no-export", "--no-progress"]
-        result = subprocess.run(command, cwd=common.ROOT, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    return json.loads((run_dir / "history.json").read_text())
+    flags = [f.format(token_entropy=f"{warm['token_entropy_mean']:.6f}")
+             for f in s["arms"][arm]]
+    return grpo_collapse.run_grpo(
+        work / s["regime"] / arm / f"seed{seed}", preset, s, s["learning_rate"],
+        s["updates_per_rollout"], warm, seed, flags, "entropy_control",
+        f"entropy_control {arm} seed {seed}", tracking_uri)
 
 
 def summarise(history, eval_samples):

@@ -113,19 +113,27 @@ def warm_start_preset(work, regime, s):
 
 
 def run_arm(work, regime, arm, seed, preset, warm, s, tracking_uri):
-    run_dir = work / regime / arm / f"seed{seed}"
+    r = s["regimes"][regime]
+    return run_grpo(work / regime / arm / f"seed{seed}", preset, s, r["learning_rate"],
+                    r["updates_per_rollout"], warm, seed, s["arms"][arm], "grpo_collapse",
+                    f"grpo_collapse {regime} {arm} seed {seed}", tracking_uri)
+
+
+def run_grpo(run_dir, preset, s, learning_rate, updates_per_rollout, warm, seed, flags,
+             experiment, run_name, tracking_uri):
+    """One GRPO run from the warm-started preset with these settings and the arm's `flags`
+    (a finished run is read back); its history."""
     if not (run_dir / "finished.json").exists():
-        r = s["regimes"][regime]
         command = [sys.executable, "-m", "pipelines.grpo", "--model", str(preset),
                    *base_config_args(s), "--warm-start-steps", "0",
                    "--steps", str(s["steps"]), "--eval-every", str(s["eval_every"]),
                    "--checkpoint-every", str(s["checkpoint_every"]),
-                   "--learning-rate", str(r["learning_rate"]),
-                   "--updates-per-rollout", str(r["updates_per_rollout"]),
+                   "--learning-rate", str(learning_rate),
+                   "--updates-per-rollout", str(updates_per_rollout),
                    "--era-k", str(s["era_k"]), "--omega-low", f"{warm['omega_low']:.6f}",
                    "--omega-high", f"{warm['omega_high']:.6f}", "--seed", str(seed),
-                   *s["arms"][arm], "--run-dir", str(run_dir), "--experiment", "grpo_collapse",
-                   "--run-name", f"grpo_collapse {regime} {arm} seed {seed}",
+                   *flags, "--run-dir", str(run_dir), "--experiment", experiment,
+                   "--run-name", run_name,
                    "--tracking-uri", tracking_uri, "--no-export", "--no-progress"]
         result = subprocess.run(command, cwd=common.ROOT, capture_output=True, text=True)
         if result.returncode != 0:
