@@ -41,6 +41,7 @@ def config_from_args(argv=None):
 def main(argv=None):
     config, show = config_from_args(argv)
     if show:
+        config.check()  # what can be known without the dataset, as the other pipelines do
         print_config(config)
         return 0
     from pipelines.image.training import train

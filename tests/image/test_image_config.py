@@ -61,3 +61,16 @@ def test_print_config_layers_are_the_shared_ones():
     assert config.epochs == PRESETS["imagenet-resnet50"]["epochs"]
     with pytest.raises(SystemExit):
         config_from_args(["--recipe", "cifar10-resnet50"])  # one name: --preset
+
+
+def test_print_config_refuses_settings_that_cannot_run(capsys):
+    """What can be known without the dataset is checked before the config is printed."""
+    from pipelines.common.errors import run_cli
+    from pipelines.image.__main__ import main
+
+    assert run_cli(main, ["--head", "nope", "--label-noise", "1.0", "--print-config"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    error = captured.err.strip().splitlines()[-1]
+    assert error.startswith("error: invalid image config: head='nope'")
+    assert "label_noise must be in [0.0, 1.0) (got 1.0)" in error
