@@ -13,7 +13,7 @@ import dataclasses
 import json
 import typing
 
-from pipelines.common.config import field_help
+from pipelines.common.config import field_default, field_help
 
 
 def add_config_flags(parser, config_class, help_texts=None, choices=None, default_label="default",
@@ -36,8 +36,7 @@ def add_config_flags(parser, config_class, help_texts=None, choices=None, defaul
         optional = type(None) in typing.get_args(kind)
         if optional:
             kind = next(t for t in typing.get_args(kind) if t is not type(None))
-        default = defaults.get(field.name, field.default_factory()
-                               if field.default is dataclasses.MISSING else field.default)
+        default = defaults.get(field.name, field_default(field))
         described = field_help(field) or help_texts.get(field.name, "")
         text = f"{described} ({default_label}: {default})".strip()
         options = dict(dest=field.name, default=argparse.SUPPRESS, help=text.replace("%", "%%"))
@@ -77,8 +76,7 @@ def options_table(config_class):
     """The docs' Markdown table of a config's options: flag, default, help."""
     rows = ["| flag | default | what it sets |", "|---|---|---|"]
     for field in dataclasses.fields(config_class):
-        default = (field.default_factory() if field.default is dataclasses.MISSING
-                   else field.default)
+        default = field_default(field)
         flag = "--" + field.name.replace("_", "-")
         text = field_help(field).replace("|", "\\|")
         rows.append(f"| `{flag}` | `{default}` | {text} |")

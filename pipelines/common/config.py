@@ -30,6 +30,15 @@ def field_help(field):
     return field.metadata.get("help", "")
 
 
+def field_default(field):
+    """A dataclass field's default value (its factory's product), or MISSING."""
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return dataclasses.MISSING
+
+
 def layered_values(config_class, presets=None, preset=None, config_json=None, flags=None):
     """{field: value} of a config: the preset (if any), then a JSON file, then the flags.
 

@@ -79,21 +79,14 @@ def _in_current_terms(saved, config):
     so that upgrading era-keras does not stop a run from resuming."""
     import dataclasses
 
-    saved = dict(saved)
-    for old, new in getattr(type(config), "RENAMED_FIELDS", {}).items():
-        if old in saved and new not in saved:
-            saved[new] = saved.pop(old)
+    from pipelines.common.config import field_default, renamed_values
+
+    saved = renamed_values(type(config), saved, "the run's config.json")
     if dataclasses.is_dataclass(config):
         for field in dataclasses.fields(config):
-            if field.name in saved:
-                continue
-            if field.default is not dataclasses.MISSING:
-                default = field.default
-            elif field.default_factory is not dataclasses.MISSING:
-                default = field.default_factory()
-            else:
-                continue
-            saved[field.name] = json.loads(json.dumps(default, default=str))
+            default = field_default(field)
+            if field.name not in saved and default is not dataclasses.MISSING:
+                saved[field.name] = json.loads(json.dumps(default, default=str))
     return saved
 
 
